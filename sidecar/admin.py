@@ -1,0 +1,149 @@
+"""The admin port: metrics, probes and purge. Never served on the proxy port, where
+`/metrics` is just another upstream path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from sidecar.matching import SAFE_KEY
+from sidecar.runtime import RUNTIME, Runtime
+
+audit = logging.getLogger("sidecar.audit")
+PURGE_TIMEOUT = 10.0
+
+
+def _json(code: int, **body: object) -> web.Response:
+    return web.json_response(body, status=code)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[RUNTIME].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(200, status="alive")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready while serving; never tied to Redis, because the cache fails open."""
+    rt = request.app[RUNTIME]
+    if rt.draining:
+        return _json(503, status="draining")
+    backend = "disabled" if rt.cache is None else rt.cache.store.name
+    return _json(200, status="ready", rules=rt.rules.digest, cache=backend,
+                 breaker="n/a" if rt.cache is None else rt.cache.breaker.state)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _caller(request: web.Request, rt: Runtime) -> str | None:
+    """Who is purging, or None when the caller may not."""
+    token = rt.settings.admin_token
+    if token is None:
+        return "loopback" if _is_loopback(rt.settings.admin_host) else None
+    supplied = request.headers.get("Authorization", "")
+    if hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+        return "admin-token"
+    return None
+
+
+def _fingerprint(rt: Runtime, key: str) -> str:
+    """Audit logs name the entity without its id: a keyed hash an auditor can recompute."""
+    return rt.hasher.keyed(key)
+
+
+def _audit(request: web.Request, who: str, scope: str, target: str, result: str,
+           removed: int | None) -> None:
+    audit.info(json.dumps({
+        "event": "cache_purge", "who": who, "peer": request.remote, "scope": scope,
+        "target": target, "result": result, "removed": removed,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }))
+
+
+async def purge_key(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    key = request.match_info["key"]
+    return await _purge(request, rt, "key", key)
+
+
+async def purge_prefix(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    prefix = request.query.get("prefix", "")
+    return await _purge(request, rt, "prefix", prefix)
+
+
+async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> web.Response:
+    who = _caller(request, rt)
+    if who is None:
+        rt.metrics.purges.labels(scope, "denied").inc()
+        _audit(request, "unauthenticated", scope, "-", "denied", None)
+        code = 403 if rt.settings.admin_token is None else 401
+        return _json(code, error="forbidden",
+                     message="purge needs SIDECAR_ADMIN_TOKEN as a bearer token "
+                             "(or an admin port bound to loopback)")
+    if rt.cache is None or rt.invalidator is None:
+        return _json(409, error="cache_disabled", message="CACHE_ENABLED=false")
+    service = rt.rules.service
+    if scope == "key":
+        if not (target.startswith(service + ":") and SAFE_KEY.fullmatch(target)):
+            rt.metrics.purges.labels(scope, "bad-request").inc()
+            return _json(400, error="bad_key",
+                         message=f"an exact key like {service}:patient:42 (no globs)")
+        shown = f"{target.rsplit(':', 1)[0]}:#{_fingerprint(rt, target)}"
+    else:
+        if request.query.get("confirm") != "yes":
+            rt.metrics.purges.labels(scope, "bad-request").inc()
+            return _json(400, error="confirmation_required",
+                         message="bulk purge needs confirm=yes")
+        if target not in rt.rules.prefixes:
+            rt.metrics.purges.labels(scope, "bad-request").inc()
+            return _json(400, error="bad_prefix",
+                         message=f"prefix must be one of {list(rt.rules.prefixes)}")
+        shown = target
+    store = rt.cache.store
+    try:
+        async with asyncio.timeout(PURGE_TIMEOUT):
+            if scope == "key":
+                rt.invalidator.poison((target,))
+                removed = await store.delete([target])
+            else:
+                rt.invalidator.poison(prefix=target)
+                removed = await store.delete_prefix(target)
+    except (RedisError, OSError, TimeoutError) as exc:
+        rt.metrics.purges.labels(scope, "error").inc()
+        _audit(request, who, scope, shown, f"error:{type(exc).__name__}", None)
+        return _json(503, error="cache_unavailable", message="the cache did not answer")
+    rt.metrics.purges.labels(scope, "ok").inc()
+    rt.metrics.invalidations.labels("purge").inc(removed)
+    _audit(request, who, scope, shown, "ok", removed)
+    return _json(200, scope=scope, removed=removed)
+
+
+def admin_app(rt: Runtime) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = rt
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_delete("/cache/{key}", purge_key)
+    app.router.add_delete("/cache", purge_prefix)
+    return app

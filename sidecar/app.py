@@ -1,0 +1,103 @@
+"""App factory: builds the runtime (store, breaker, metrics, upstream) and the two apps.
+
+Nothing is configured at import time, so tests build as many apps as they like.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from sidecar.admin import admin_app
+from sidecar.breaker import Breaker
+from sidecar.codec import build_codec
+from sidecar.guarded_store import GuardedStore
+from sidecar.invalidation import Invalidator
+from sidecar.memory_store import MemoryStore
+from sidecar.metrics import Metrics
+from sidecar.proxy import handle
+from sidecar.redis_store import RedisStore
+from sidecar.rules import RuleSet
+from sidecar.runtime import RUNTIME, Runtime
+from sidecar.settings import Settings
+from sidecar.store import CacheStore
+from sidecar.upstream import Upstream
+from sidecar.variants import CredentialHasher
+
+log = logging.getLogger("sidecar")
+
+
+def build_store(settings: Settings) -> CacheStore:
+    if settings.redis_url.startswith("memory://"):
+        return MemoryStore(settings.memory_max_bytes)
+    tls = {
+        name: value for name, value in (
+            ("ssl_ca_certs", settings.redis_tls_ca),
+            ("ssl_certfile", settings.redis_tls_cert),
+            ("ssl_keyfile", settings.redis_tls_key),
+        ) if value
+    }
+    secure = settings.redis_url.startswith("rediss://")
+    return RedisStore(settings, ssl_options=tls if secure else None)
+
+
+def build_runtime(
+    settings: Settings, rules: RuleSet, store: CacheStore | None = None
+) -> Runtime:
+    metrics = Metrics()
+    cache = invalidator = None
+    if settings.cache_enabled:
+        cache = GuardedStore(
+            store or build_store(settings),
+            Breaker(settings.breaker_failures, settings.breaker_cooldown),
+            metrics,
+            # Connect + command, with a little slack for the event loop.
+            deadline=settings.redis_timeout + settings.redis_connect_timeout,
+            warn_interval=settings.warn_interval,
+        )
+        invalidator = Invalidator(cache, metrics)
+    metrics.config_info.labels(rules.digest).set(1)
+    return Runtime(
+        settings=settings, rules=rules, cache=cache, invalidator=invalidator,
+        hasher=CredentialHasher(settings.key_secret),
+        codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
+        metrics=metrics, upstream=Upstream(settings),
+    )
+
+
+def proxy_app(rt: Runtime) -> web.Application:
+    app = web.Application(client_max_size=0)  # bodies stream through, never buffered
+    app[RUNTIME] = rt
+    app.router.add_route("*", "/{tail:.*}", handle)
+    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_drain)
+    return app
+
+
+async def _drain(app: web.Application) -> None:
+    """Runs when the listener has closed: readiness red, background refreshes stop."""
+    rt = app[RUNTIME]
+    rt.draining = True
+    await rt.flights.cancel_background()
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    rt = app[RUNTIME]
+    await rt.upstream.start()
+    yield
+    rt.draining = True
+    await rt.flights.cancel_all()
+    if rt.invalidator is not None:
+        await rt.invalidator.close()
+    if rt.cache is not None:
+        await rt.cache.store.close()
+    await rt.upstream.close()
+
+
+def build_apps(
+    settings: Settings, rules: RuleSet, store: CacheStore | None = None
+) -> tuple[web.Application, web.Application]:
+    rt = build_runtime(settings, rules, store)
+    return proxy_app(rt), admin_app(rt)

@@ -1,0 +1,69 @@
+"""A stored response and its byte format.
+
+Layout: magic `SC1`, 4-byte big-endian length of a JSON header, the JSON header, the body.
+The header keeps only what a replay needs (status, replayable headers, timestamps);
+per-exchange headers never enter it. Anything that does not parse is treated as a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+_MAGIC = b"SC1"
+_LEN = struct.Struct(">I")
+
+
+class CorruptEntry(ValueError):
+    """Stored bytes that are not an entry; the caller treats them as a miss."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored_at: float  # wall clock (epoch seconds): replicas must agree on it
+    ttl: int
+    initial_age: int = 0  # the upstream's Age when stored (RFC 9111 §4.2.3)
+
+    def age(self, now: float) -> int:
+        return max(0, int(now - self.stored_at)) + self.initial_age
+
+    def remaining(self, now: float) -> float:
+        """Seconds of freshness left; negative once stale."""
+        return self.ttl - (now - self.stored_at) - self.initial_age
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lname), None)
+
+    def encode(self) -> bytes:
+        meta = json.dumps(
+            {"s": self.status, "h": self.headers, "t": self.stored_at, "ttl": self.ttl,
+             "a": self.initial_age},
+            separators=(",", ":"),
+        ).encode()
+        return b"".join((_MAGIC, _LEN.pack(len(meta)), meta, self.body))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Entry:
+        try:
+            if data[:3] != _MAGIC:
+                raise CorruptEntry("bad magic")
+            (size,) = _LEN.unpack_from(data, 3)
+            end = 3 + _LEN.size + size
+            if end > len(data):
+                raise CorruptEntry("truncated header")
+            meta = json.loads(data[3 + _LEN.size:end])
+            return cls(
+                status=int(meta["s"]),
+                headers=tuple((str(k), str(v)) for k, v in meta["h"]),
+                body=data[end:],
+                stored_at=float(meta["t"]),
+                ttl=int(meta["ttl"]),
+                initial_age=int(meta.get("a", 0)),
+            )
+        except (struct.error, ValueError, KeyError, TypeError) as exc:
+            raise CorruptEntry(str(exc)) from None

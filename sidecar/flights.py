@@ -1,0 +1,65 @@
+"""Single-flight: concurrent misses for one entity variant share one upstream request.
+
+The shared fetch runs in its own task so a caller that disconnects does not cancel the
+fetch that others are waiting for. Background refreshes (stale-while-revalidate) live
+here too, so shutdown can cancel them all in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Flights(Generic[T]):
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, str], asyncio.Task[T]] = {}
+        self._background: set[asyncio.Task[T]] = set()
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def join(
+        self, key: tuple[str, str], start: Callable[[], Awaitable[T]]
+    ) -> tuple[asyncio.Future[T], bool]:
+        """The shared fetch for `key` and whether this caller started it."""
+        task = self._running.get(key)
+        leader = task is None
+        if task is None:
+            task = asyncio.ensure_future(start())
+            self._running[key] = task
+            task.add_done_callback(lambda t: self._forget(key, t))
+        return asyncio.shield(task), leader
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[T]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure is reported to every waiter instead
+
+    def background(self, key: tuple[str, str], start: Callable[[], Awaitable[T]]) -> bool:
+        """Start a refresh unless one for `key` already runs; never awaited by a request."""
+        if key in self._running:
+            return False
+        future, _ = self.join(key, start)
+        task = self._running[key]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        future.cancel()  # the shield only; the task itself runs on
+        return True
+
+    async def cancel_background(self) -> None:
+        """Refreshes nobody waits for: cancelled first when the process drains."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def cancel_all(self) -> None:
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,92 @@
+"""Pass-through: stream a request to the upstream and its response back, untouched.
+
+Used for everything the cache does not answer: other methods, unmatched paths, bypassed
+requests, and oversized bodies. Bodies stream both ways; only hop-by-hop headers change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from sidecar.errors import UpstreamError, UpstreamTimeout
+from sidecar.headers import client_headers, upstream_request_headers
+from sidecar.responses import BYPASS, cache_status, error, label
+from sidecar.runtime import Runtime
+from sidecar.upstream import CHUNK
+
+log = logging.getLogger("sidecar.proxy")
+OnHeaders = Callable[[int], Awaitable[None]]
+
+
+def forwarded_headers(
+    request: web.Request, *, strip_conditionals: bool = False
+) -> CIMultiDict[str]:
+    return upstream_request_headers(
+        request.headers, request.remote, request.scheme, request.host,
+        strip_conditionals=strip_conditionals,
+    )
+
+
+def upstream_failure(rt: Runtime, rule: str, exc: UpstreamError, x_cache: str) -> web.Response:
+    kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
+    rt.metrics.upstream_errors.labels(rule, kind).inc()
+    if kind == "timeout":
+        return error(504, "upstream_timeout", "The identity service did not answer in time.",
+                     x_cache, "upstream-timeout")
+    return error(502, "upstream_unavailable", "The identity service could not be reached.",
+                 x_cache, "upstream-unavailable")
+
+
+async def forward(
+    request: web.Request, rt: Runtime, *, rule: str, x_cache: str, detail: str,
+    on_headers: OnHeaders | None = None,
+) -> web.StreamResponse:
+    headers = forwarded_headers(request)
+    body = None
+    if request.body_exists:
+        body = request.content
+        if "Content-Length" in request.headers:
+            headers["Content-Length"] = request.headers["Content-Length"]
+    start = time.perf_counter()
+    try:
+        async with rt.upstream.request(request.method, request.raw_path, headers, body) as up:
+            rt.metrics.upstream.labels(rule).observe(time.perf_counter() - start)
+            if on_headers is not None:
+                await on_headers(up.status)
+            return await _relay(request, up, x_cache, detail)
+    except UpstreamError as exc:
+        return upstream_failure(rt, rule, exc, x_cache)
+
+
+async def _relay(
+    request: web.Request, up: aiohttp.ClientResponse, x_cache: str, detail: str
+) -> web.StreamResponse:
+    out = web.StreamResponse(status=up.status, reason=up.reason,
+                             headers=client_headers(up.headers))
+    fwd = "fwd=bypass" if x_cache == BYPASS else "fwd=miss"
+    label(out.headers, x_cache, cache_status(fwd, f"detail={detail}"))
+    length = up.headers.get("Content-Length")
+    if length is not None and length.isdigit() and up.status not in (204, 304):
+        out.content_length = int(length)
+    await out.prepare(request)
+    if request.method == "HEAD":
+        await out.write_eof()
+        return out
+    try:
+        async for chunk in up.content.iter_chunked(CHUNK):
+            await out.write(chunk)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # Headers are gone already: the only honest signal left is a cut connection.
+        log.warning("upstream body cut short (%s); closing the client connection",
+                    type(exc).__name__)
+        if request.transport is not None:
+            request.transport.abort()
+        return out
+    await out.write_eof()
+    return out

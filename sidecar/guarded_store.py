@@ -1,0 +1,88 @@
+"""The cache as the request path sees it: it never raises and never waits long.
+
+Every backend call runs under an overall deadline and the circuit breaker; a failure is
+counted, logged at most once per interval, and reported to the caller as a miss (None)
+or a no-op, so the request simply goes upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+
+from sidecar.breaker import Breaker
+from sidecar.logs import RateLimitedWarning
+from sidecar.metrics import Metrics
+from sidecar.store import CacheStore
+
+T = TypeVar("T")
+log = logging.getLogger("sidecar.cache")
+_FAILURES = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
+
+
+class GuardedStore:
+    def __init__(
+        self, store: CacheStore, breaker: Breaker, metrics: Metrics, deadline: float,
+        warn_interval: float,
+    ) -> None:
+        self.store = store
+        self.breaker = breaker
+        self.metrics = metrics
+        self.deadline = deadline
+        self._warn = RateLimitedWarning(log, warn_interval)
+
+    async def _call(
+        self, operation: str, prefix: str, call: Callable[[], Awaitable[T]], default: T,
+        deadline: float | None = None,
+    ) -> T:
+        if not self.breaker.allow():
+            self.metrics.cache_errors.labels(operation, "breaker-open").inc()
+            return default
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(deadline or self.deadline):
+                result = await call()
+        except asyncio.CancelledError:
+            self.breaker.abandon()
+            raise
+        except _FAILURES as exc:
+            self.breaker.failure()
+            self._set_gauge()
+            reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+            self.metrics.cache_errors.labels(operation, reason).inc()
+            self._warn.warn(
+                f"{operation}-{reason}",
+                f"cache {operation} failed ({type(exc).__name__}); serving from upstream"
+                f" [backend={self.store.name}, breaker={self.breaker.state}]",
+            )
+            return default
+        self.metrics.cache_latency.labels(operation, prefix).observe(time.perf_counter() - start)
+        self.breaker.success()
+        self._set_gauge()
+        return result
+
+    def _set_gauge(self) -> None:
+        self.metrics.breaker_open.set(1 if self.breaker.state != "closed" else 0)
+
+    async def get(self, key: str, field: str, prefix: str) -> bytes | None:
+        return await self._call("get", prefix, lambda: self.store.get(key, field), None)
+
+    async def put(self, key: str, field: str, value: bytes, keep: int, prefix: str) -> bool:
+        async def put() -> bool:
+            await self.store.put(key, field, value, keep)
+            return True
+        return await self._call("set", prefix, put, False)
+
+    async def drop_field(self, key: str, field: str, prefix: str) -> None:
+        await self._call("hdel", prefix, lambda: self.store.drop_field(key, field), None)
+
+    async def delete(self, keys: list[str], prefix: str) -> int | None:
+        """None when the delete could not be done (the caller must know: stale risk)."""
+        async def delete() -> int | None:
+            return await self.store.delete(keys)
+        return await self._call("delete", prefix, delete, None)

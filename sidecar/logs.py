@@ -1,0 +1,64 @@
+"""Logging helpers: a rate-limited warning so a Redis outage cannot flood the logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+
+class RateLimitedWarning:
+    """At most one warning per `kind` per `interval`, reporting how many were suppressed."""
+
+    def __init__(
+        self, logger: logging.Logger, interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str) -> bool:
+        now = self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
+        self._logger.warning("%s%s", message, suffix, extra={"kind": kind})
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra` fields with safe names are carried along."""
+
+    _SKIP = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in self._SKIP and not name.startswith("_"):
+                out[name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            out["error"] = record.exc_info[0].__name__
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    JsonFormatter.converter = time.gmtime
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,82 @@
+"""Which rule, if any, a request falls under, and the exact key it addresses.
+
+Pure functions over the raw request target: matching happens before any percent-decoding,
+so `%34%32`, `42%0A` or `..%2F43` simply do not match and pass through uncached.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sidecar.rules import Rule, RuleSet
+
+# Last line of defence: whatever a rule's patterns allow, a key never leaves this alphabet.
+SAFE_KEY = re.compile(r"[a-z0-9_-]+(?::[A-Za-z0-9_-]+)+", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    rule: Rule
+    key: str
+    query: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NoMatch:
+    """Why a request is not cacheable; `rule` is set when the path did match one."""
+
+    reason: str
+    rule: Rule | None = None
+
+
+def split_target(raw_target: str) -> tuple[str, str | None]:
+    path, sep, query = raw_target.partition("?")
+    return path, (query if sep else None)
+
+
+def match_rule(rules: RuleSet, method: str, raw_target: str) -> Match | NoMatch:
+    path, query = split_target(raw_target)
+    for rule in rules.rules:
+        m = rule.regex.fullmatch(path)
+        if m is None:
+            continue
+        if method not in rule.methods:
+            return NoMatch("method", rule)
+        allowed = _allowed_query(rule, query)
+        if allowed is None:
+            return NoMatch("query", rule)
+        key = rule.key_for(m.groupdict())
+        if not key.startswith(rules.service + ":") or not SAFE_KEY.fullmatch(key):
+            return NoMatch("key", rule)
+        return Match(rule, key, allowed)
+    return NoMatch("no-rule")
+
+
+def _allowed_query(rule: Rule, query: str | None) -> tuple[str, ...] | None:
+    """Canonical allow-listed query pairs, or None when any other parameter is present."""
+    if query is None:
+        return ()
+    if not rule.query:
+        return None if query else ()
+    pairs = [p for p in query.split("&") if p]
+    if any(p.partition("=")[0] not in rule.query for p in pairs):
+        return None
+    return tuple(sorted(pairs))
+
+
+def match_writes(rules: RuleSet, raw_target: str) -> tuple[str, ...]:
+    """Keys a successful write to this target invalidates (RFC 9111 §4.4)."""
+    path, _ = split_target(raw_target)
+    keys: list[str] = []
+    for rule in rules.rules:
+        m = rule.regex.fullmatch(path)
+        if m is not None:
+            key = rule.key_for(m.groupdict())
+            if SAFE_KEY.fullmatch(key):
+                keys.append(key)
+            keys.extend(rule.invalidates)
+    for write in rules.writes:
+        if write.regex.fullmatch(path):
+            keys.extend(write.invalidates)
+    return tuple(dict.fromkeys(keys))

@@ -1,0 +1,99 @@
+"""May this request use the cache, may this response be stored, may this entry be served.
+
+Pure decisions over headers and numbers, in the spirit of hishel's sans-IO core: the
+proxy asks, these answer with a reason, and the reason becomes `Cache-Status` detail.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidecar.headers import has_token
+
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def request_bypass_reason(method: str, headers: Headers, has_body: bool) -> str | None:
+    """None when the request may be answered from and stored into the cache."""
+    if method not in ("GET", "HEAD"):
+        return "method"
+    if has_body:
+        return "request-body"
+    if "Range" in headers:
+        return "range"
+    if "Upgrade" in headers:
+        return "upgrade"
+    if has_token(headers, "Cache-Control", "no-store"):
+        return "request-no-store"
+    return None
+
+
+def wants_refresh(headers: Headers) -> bool:
+    """`Cache-Control: no-cache` (or `Pragma: no-cache`) asks for a fresh copy."""
+    return has_token(headers, "Cache-Control", "no-cache") or (
+        "Cache-Control" not in headers and has_token(headers, "Pragma", "no-cache")
+    )
+
+
+# Vary on anything else would need the request header in the variant; when in doubt, bypass.
+_VARY_COVERED = frozenset({"accept-encoding", "authorization", "cookie"})
+
+
+def response_not_storable_reason(status: int, headers: Headers) -> str | None:
+    """None when a complete upstream response with these headers may be stored."""
+    if status != 200:
+        return "status"
+    if "Set-Cookie" in headers or "Set-Cookie2" in headers:
+        return "set-cookie"
+    for directive in ("no-store", "private", "no-cache"):
+        if has_token(headers, "Cache-Control", directive):
+            return f"response-{directive}"
+    for value in headers.getall("Vary", []):
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name == "*":
+                return "vary-star"
+            if name and name not in _VARY_COVERED:
+                return "vary"
+    if "Content-Range" in headers:
+        return "partial"
+    coding = headers.get("Content-Encoding", "identity").strip().lower()
+    if "," in coding:
+        return "content-encoding"
+    return None
+
+
+def coding_acceptable(content_encoding: str | None, accepted: frozenset[str]) -> bool:
+    """A stored body is served only in a coding the caller accepts."""
+    coding = (content_encoding or "identity").strip().lower()
+    return coding == "identity" or coding in accepted
+
+
+def not_modified(
+    headers: Headers, etag: str | None, last_modified: str | None
+) -> bool:
+    """RFC 9110 §13.1: If-None-Match wins over If-Modified-Since (weak comparison)."""
+    inm = headers.getall("If-None-Match", [])
+    if inm:
+        if etag is None:
+            return False
+        tags = {t.strip() for v in inm for t in v.split(",")}
+        return "*" in tags or _weak(etag) in {_weak(t) for t in tags}
+    since, modified = _date(headers.get("If-Modified-Since")), _date(last_modified)
+    return since is not None and modified is not None and modified <= since
+
+
+def _date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _weak(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag

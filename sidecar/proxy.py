@@ -1,0 +1,219 @@
+"""The request handler: a short sequence of decisions, each made by a pure module.
+
+    write?      -> forward, then invalidate the entity on 2xx        (invalidation)
+    cacheable?  -> no: forward untouched, X-Cache: BYPASS             (matching, policy)
+    lookup      -> fresh: HIT; stale within SWR: STALE + refresh      (guarded_store)
+    miss        -> one shared upstream GET per variant, store, answer (flights, fetch)
+                   upstream failed and a stale copy is in window: STALE (stale-if-error)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from sidecar.codec import SealError
+from sidecar.entry import CorruptEntry, Entry
+from sidecar.errors import UpstreamError
+from sidecar.fetch import Fetched, fetch
+from sidecar.forward import forward, forwarded_headers, upstream_failure
+from sidecar.matching import Match, NoMatch, match_rule, match_writes
+from sidecar.metrics import NO_RULE
+from sidecar.policy import (
+    coding_acceptable,
+    not_modified,
+    request_bypass_reason,
+    wants_refresh,
+)
+from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, label, replay
+from sidecar.runtime import RUNTIME, Runtime
+from sidecar.variants import accepted_codings, variant_field
+
+log = logging.getLogger("sidecar.proxy")
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the request-duration metric is labelled with (bounded values only)."""
+
+    rule: str = NO_RULE
+    cache: str = BYPASS
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    start = time.perf_counter()
+    outcome = Outcome()
+    response = await _route(request, rt, outcome)
+    rt.metrics.requests.labels(outcome.rule, outcome.cache, str(response.status)).observe(
+        time.perf_counter() - start)
+    return response
+
+
+async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.StreamResponse:
+    rules = rt.rules  # one snapshot per request: a reload never changes it midway
+    method, target = request.method, request.raw_path
+    if rt.cache is None:
+        rt.metrics.bypass.labels("disabled").inc()
+        return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="disabled")
+    if method in WRITES:
+        keys = match_writes(rules, target)
+        invalidator = rt.invalidator
+
+        async def invalidate(status: int) -> None:
+            if 200 <= status < 300 and invalidator is not None:
+                await invalidator.invalidate(keys, "write")
+
+        return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="method",
+                             on_headers=invalidate if keys else None)
+    decision = match_rule(rules, method, target)
+    if isinstance(decision, NoMatch):
+        outcome.rule = decision.rule.name if decision.rule else NO_RULE
+        rt.metrics.bypass.labels(decision.reason).inc()
+        return await forward(request, rt, rule=outcome.rule, x_cache=BYPASS,
+                             detail=decision.reason)
+    outcome.rule = decision.rule.name
+    reason = request_bypass_reason(method, request.headers, request.body_exists)
+    if reason is not None:
+        rt.metrics.bypass.labels(reason).inc()
+        return await forward(request, rt, rule=outcome.rule, x_cache=BYPASS, detail=reason)
+    return await _cached(request, rt, decision, outcome)
+
+
+async def _lookup(rt: Runtime, match: Match, field: str) -> Entry | None:
+    assert rt.cache is not None and rt.invalidator is not None
+    if rt.invalidator.pending(match.key):
+        return None
+    prefix = match.rule.key_prefix
+    blob = await rt.cache.get(match.key, field, prefix)
+    if blob is None:
+        return None
+    try:
+        return Entry.decode(rt.codec.open(match.key, field, blob))
+    except SealError as exc:
+        rt.metrics.decrypt_failures.inc()
+        log.warning("stored value did not open (%s); treating as a miss", exc,
+                    extra={"key_prefix": prefix})
+    except CorruptEntry:
+        rt.metrics.cache_errors.labels("decode", "corrupt").inc()
+        log.warning("stored value is not an entry; treating as a miss",
+                    extra={"key_prefix": prefix})
+    await rt.cache.drop_field(match.key, field, prefix)
+    return None
+
+
+async def _cached(
+    request: web.Request, rt: Runtime, match: Match, outcome: Outcome
+) -> web.StreamResponse:
+    rule, headers = match.rule, request.headers
+    prefix = rule.key_prefix
+    codings = accepted_codings(headers)
+    field = variant_field(rt.hasher.fingerprint(headers), codings, match.query)
+    head = request.method == "HEAD"
+    refresh = wants_refresh(headers)
+    entry = None if refresh else await _lookup(rt, match, field)
+    if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
+        entry = None
+    now = rt.clock()
+    if entry is not None:
+        remaining = entry.remaining(now)
+        if remaining > 0:
+            rt.metrics.hits.labels(prefix).inc()
+            outcome.cache = HIT
+            return replay(entry, now=now, head=head, x_cache=HIT,
+                          status=cache_status("hit", f"ttl={int(remaining)}"),
+                          not_modified=_conditional(request, entry))
+        if -remaining <= min(rule.stale.while_revalidate, rule.stale.max):
+            upstream_headers = forwarded_headers(request, strip_conditionals=True)
+            rt.flights.background(
+                (match.key, field),
+                lambda: fetch(rt, match, field, request.raw_path, upstream_headers))
+            rt.metrics.hits.labels(prefix).inc()
+            rt.metrics.stale.labels(prefix, "revalidating").inc()
+            outcome.cache = STALE
+            return replay(entry, now=now, head=head, x_cache=STALE,
+                          status=cache_status("hit", "fwd=stale", f"ttl={int(remaining)}"),
+                          not_modified=_conditional(request, entry))
+    rt.metrics.misses.labels(prefix).inc()
+    outcome.cache = MISS
+    return await _miss(request, rt, match, field, entry, refresh)
+
+
+def _conditional(request: web.Request, entry: Entry) -> bool:
+    return not_modified(request.headers, entry.header("ETag"), entry.header("Last-Modified"))
+
+
+def _stale_if_error(entry: Entry | None, match: Match, now: float) -> bool:
+    if entry is None:
+        return False
+    stale = match.rule.stale
+    return -entry.remaining(now) <= min(stale.if_error, stale.max)
+
+
+async def _miss(
+    request: web.Request, rt: Runtime, match: Match, field: str, stale: Entry | None,
+    refresh: bool,
+) -> web.StreamResponse:
+    rule, prefix = match.rule, match.rule.key_prefix
+    upstream_headers = forwarded_headers(request, strip_conditionals=True)
+    target = request.raw_path
+    future, leader = rt.flights.join(
+        (match.key, field), lambda: fetch(rt, match, field, target, upstream_headers))
+    head = request.method == "HEAD"
+    try:
+        result = await future
+    except UpstreamError as exc:
+        now = rt.clock()
+        if stale is not None and _stale_if_error(stale, match, now):
+            return _serve_stale_on_error(request, rt, match, stale, now)
+        return upstream_failure(rt, rule.name, exc, MISS)
+    if result.status >= 500 and stale is not None and _stale_if_error(stale, match, rt.clock()):
+        return _serve_stale_on_error(request, rt, match, stale, rt.clock())
+    if result.oversized or (not leader and result.entry is None):
+        # Not shareable: this caller gets its own upstream exchange.
+        return await forward(request, rt, rule=rule.name, x_cache=MISS,
+                             detail=result.not_stored or "uncached")
+    if not leader:
+        assert result.entry is not None
+        rt.metrics.coalesced.labels(prefix, "process").inc()
+        now = rt.clock()
+        return replay(result.entry, now=now, head=head, x_cache=MISS,
+                      status=cache_status("fwd=miss", "collapsed"),
+                      not_modified=_conditional(request, result.entry))
+    if result.not_stored is not None and result.status == 200:
+        rt.metrics.not_stored.labels(prefix, result.not_stored).inc()
+    params = ["fwd=request" if refresh else "fwd=miss", f"fwd-status={result.status}"]
+    params.append("stored" if result.not_stored is None else f"detail={result.not_stored}")
+    return _fresh_response(request, result, cache_status(*params), head)
+
+
+def _serve_stale_on_error(
+    request: web.Request, rt: Runtime, match: Match, stale: Entry, now: float
+) -> web.Response:
+    rt.metrics.hits.labels(match.rule.key_prefix).inc()
+    rt.metrics.stale.labels(match.rule.key_prefix, "error").inc()
+    return replay(stale, now=now, head=request.method == "HEAD", x_cache=STALE,
+                  status=cache_status("hit", "fwd=stale", "detail=upstream-error"),
+                  not_modified=_conditional(request, stale))
+
+
+def _fresh_response(
+    request: web.Request, result: Fetched, status: str, head: bool
+) -> web.Response:
+    headers = result.headers.copy()
+    label(headers, MISS, status)
+    if result.status == 200 and not_modified(
+        request.headers, headers.get("ETag"), headers.get("Last-Modified")
+    ):
+        for name in ("Content-Type", "Content-Encoding", "Content-Language"):
+            headers.popall(name, None)
+        return web.Response(status=304, headers=headers)
+    response = web.Response(status=result.status, reason=result.reason, headers=headers,
+                            body=None if head else result.body)
+    if head:
+        response.headers["Content-Length"] = str(len(result.body))
+    return response

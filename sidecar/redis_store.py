@@ -1,0 +1,68 @@
+"""Redis backend via `redis.asyncio` + hiredis, configured for a proxy, not a batch job.
+
+redis-py's defaults (seconds-long socket timeouts, a Retry of several attempts, a pool
+that raises when full) would stall requests when Redis hangs; here every knob is short
+and there is no retry: the caller falls back to the upstream instead.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from sidecar.settings import Settings
+
+_SCAN_BATCH = 500
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, settings: Settings, *, ssl_options: dict[str, str] | None = None) -> None:
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            **(ssl_options or {}),
+        )
+        self.client: Redis = Redis(connection_pool=pool)
+
+    async def get(self, key: str, field: str) -> bytes | None:
+        value = await self.client.hget(key, field)
+        return value if isinstance(value, bytes) else None
+
+    async def put(self, key: str, field: str, value: bytes, keep: int) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, field, value)
+            pipe.expire(key, keep)
+            await pipe.execute()
+
+    async def drop_field(self, key: str, field: str) -> None:
+        await self.client.hdel(key, field)
+
+    async def delete(self, keys: list[str]) -> int:
+        return int(await self.client.delete(*keys)) if keys else 0
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """SCAN with a server-side pattern built from a validated prefix, never user globs."""
+        removed = 0
+        batch: list[str] = []
+        async for key in self.client.scan_iter(match=f"{prefix}:*", count=_SCAN_BATCH):
+            batch.append(key.decode() if isinstance(key, bytes) else str(key))
+            if len(batch) >= _SCAN_BATCH:
+                removed += int(await self.client.unlink(*batch))
+                batch.clear()
+        if batch:
+            removed += int(await self.client.unlink(*batch))
+        return removed
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()

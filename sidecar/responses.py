@@ -1,0 +1,58 @@
+"""Build the responses the sidecar itself produces: replays of entries, 304s, errors.
+
+`X-Cache` is the short answer operators grep for; `Cache-Status` (RFC 9211) carries the
+detail. Both are set here only, so every path labels itself the same way.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from sidecar.entry import Entry
+from sidecar.headers import AGE, CACHE_NAME, CACHE_STATUS, X_CACHE
+
+HIT, MISS, BYPASS, STALE = "HIT", "MISS", "BYPASS", "STALE"
+# RFC 9110 §15.4.5: a 304 carries the headers a 200 would have for these.
+_304_HEADERS = frozenset({"cache-control", "content-location", "etag", "expires", "vary",
+                          "last-modified"})
+
+
+def cache_status(*params: str) -> str:
+    return "; ".join((CACHE_NAME, *[p for p in params if p]))
+
+
+def label(headers: CIMultiDict[str], x_cache: str, status: str) -> None:
+    headers[X_CACHE] = x_cache
+    headers[CACHE_STATUS] = status
+
+
+def replay(
+    entry: Entry, *, now: float, head: bool, x_cache: str, status: str,
+    not_modified: bool = False,
+) -> web.Response:
+    """A stored entry as a response; Age counts the time it has spent in the cache."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in entry.headers:
+        if not not_modified or name.lower() in _304_HEADERS:
+            headers.add(name, value)
+    headers[AGE] = str(entry.age(now))
+    label(headers, x_cache, status)
+    if not_modified:
+        return web.Response(status=304, headers=headers)
+    response = web.Response(status=entry.status, headers=headers,
+                            body=None if head else entry.body)
+    if head:
+        response.headers["Content-Length"] = str(len(entry.body))
+    return response
+
+
+def error(status: int, code: str, message: str, x_cache: str, detail: str) -> web.Response:
+    """A short JSON error: no stack trace, no upstream internals."""
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    label(headers, x_cache, cache_status(f"fwd={'bypass' if x_cache == BYPASS else 'miss'}",
+                                         f"detail={detail}"))
+    body = json.dumps({"error": code, "message": message, "status": status})
+    return web.Response(status=status, headers=headers, text=body)

@@ -1,0 +1,356 @@
+"""Route rules: load `config/routes.yaml`, validate all of it, resolve TTL overrides.
+
+A rule is compiled once here so that matching a request is a single anchored regex on
+the raw path. Validation is strict because a loose rule can put one patient's data under
+another's key: every path parameter must appear in the key and vice versa.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.errors import ConfigError
+
+DEFAULT_PARAM_PATTERN = "[1-9][0-9]{0,17}"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KEY_LITERAL = re.compile(r"[a-z0-9_-]+")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_PATH_LITERAL = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+# Strings a parameter pattern must never match: they would escape the path segment or
+# the key namespace.
+_FORBIDDEN_PROBES = ("", "/", ":", "%", ".", "..", "*", "?", "#", " ", "a/b", "1:2", "%2F")
+_TOP_FIELDS = {"version", "service", "defaults", "rules", "writes"}
+_DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
+_RULE_FIELDS = {
+    "name", "methods", "path", "params", "key", "ttl", "ttl_env", "query", "invalidates",
+    "stale",
+}
+_STALE_FIELDS = {"while_revalidate", "if_error", "max"}
+_WRITE_FIELDS = {"path", "params", "invalidates"}
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """RFC 5861 windows in seconds; `max` bounds both."""
+
+    while_revalidate: int = 0
+    if_error: int = 0
+    max: int = 0
+
+    @property
+    def keep(self) -> int:
+        """How long past its TTL an entry is worth keeping in the store."""
+        return min(max(self.while_revalidate, self.if_error), self.max)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    methods: frozenset[str]
+    path: str
+    regex: re.Pattern[str]
+    key: str
+    key_prefix: str
+    ttl: int
+    ttl_env: str | None
+    query: frozenset[str]
+    invalidates: tuple[str, ...]
+    stale: Stale
+
+    def key_for(self, params: Mapping[str, str]) -> str:
+        return _PLACEHOLDER.sub(lambda m: params[m.group(1)], self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRule:
+    """A write path outside any cached rule whose success invalidates some keys."""
+
+    path: str
+    regex: re.Pattern[str]
+    invalidates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    service: str
+    rules: tuple[Rule, ...]
+    writes: tuple[WriteRule, ...]
+    source: str
+    digest: str
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return tuple(sorted({r.key_prefix for r in self.rules}))
+
+
+def load_rules(path: Path | str, env: Mapping[str, str] | None = None) -> RuleSet:
+    """Read and validate a rules file; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_rules(raw, str(path), env)
+
+
+def parse_rules(raw: bytes, source: str, env: Mapping[str, str]) -> RuleSet:
+    try:
+        doc = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    return _Parser(source, env).parse(doc, hashlib.sha256(raw).hexdigest()[:16])
+
+
+class _Parser:
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.problems: list[str] = []
+
+    def fail(self, where: str, problem: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {problem}")
+
+    def parse(self, doc: Any, digest: str) -> RuleSet:
+        if not isinstance(doc, dict):
+            raise ConfigError([f"{self.source}: top level must be a mapping with 'rules'"])
+        self.unknown("top level", doc, _TOP_FIELDS)
+        service = doc.get("service", "identity")
+        if not isinstance(service, str) or not _KEY_LITERAL.fullmatch(service):
+            self.fail("service", f"must be lowercase letters, digits, '-' or '_', got {service!r}")
+            service = "identity"
+        defaults = doc.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            self.fail("defaults", "must be a mapping")
+            defaults = {}
+        self.unknown("defaults", defaults, _DEFAULT_FIELDS)
+        default_ttl = self.ttl("defaults", defaults.get("ttl", 300),
+                               defaults.get("ttl_env", "CACHE_TTL_DEFAULT"))
+        default_stale = self.stale("defaults", defaults.get("stale"), Stale())
+        raw_rules = doc.get("rules")
+        if not isinstance(raw_rules, list) or not raw_rules:
+            self.fail("rules", "must be a non-empty list")
+            raw_rules = []
+        rules: list[Rule] = []
+        for index, item in enumerate(raw_rules, 1):
+            rule = self.rule(index, item, service, default_ttl, default_stale)
+            if rule is not None:
+                rules.append(rule)
+        self.unique(rules)
+        writes = [
+            w for i, item in enumerate(doc.get("writes") or [], 1)
+            if (w := self.write(i, item, service)) is not None
+        ]
+        if self.problems:
+            raise ConfigError(self.problems)
+        return RuleSet(service, tuple(rules), tuple(writes), self.source, digest)
+
+    def unknown(self, where: str, item: dict[str, Any], allowed: set[str]) -> None:
+        for name in sorted(set(item) - allowed, key=str):
+            self.fail(where, f"unknown field {name!r} (allowed: {', '.join(sorted(allowed))})")
+
+    def ttl(self, where: str, value: Any, env_name: Any) -> tuple[int, str | None]:
+        if env_name is not None and not (
+            isinstance(env_name, str) and _ENV_NAME.fullmatch(env_name)
+        ):
+            self.fail(where, f"ttl_env must be an UPPER_CASE variable name, got {env_name!r}")
+            env_name = None
+        raw_env = self.env.get(env_name, "").strip() if env_name else ""
+        if raw_env:
+            try:
+                value = int(raw_env)
+            except ValueError:
+                self.fail(where, f"environment {env_name}={raw_env!r} is not a whole number")
+                return 1, env_name
+            if value <= 0:
+                self.fail(where, f"environment {env_name}={raw_env!r} must be > 0 seconds")
+            return value, env_name
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(where, f"ttl must be a whole number of seconds, got {value!r}")
+            return 1, env_name
+        if value <= 0:
+            self.fail(where, f"ttl must be > 0 seconds, got {value}")
+        return value, env_name
+
+    def stale(self, where: str, value: Any, default: Stale) -> Stale:
+        if value is None:
+            return default
+        if not isinstance(value, dict):
+            self.fail(where, "stale must be a mapping with while_revalidate, if_error, max")
+            return default
+        self.unknown(f"{where}: stale", value, _STALE_FIELDS)
+        numbers: dict[str, int] = {}
+        for name in sorted(_STALE_FIELDS):
+            n = value.get(name, getattr(default, name))
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                self.fail(where, f"stale.{name} must be a whole number >= 0, got {n!r}")
+                n = 0
+            numbers[name] = n
+        if "max" not in value:
+            numbers["max"] = max(numbers["while_revalidate"], numbers["if_error"])
+        return Stale(**numbers)
+
+    def template(
+        self, where: str, path: Any, params: Any
+    ) -> tuple[re.Pattern[str], set[str]] | None:
+        """Compile a path template to an anchored regex over the raw (encoded) path."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            self.fail(where, f"path must start with '/', got {path!r}")
+            return None
+        params = params or {}
+        if not isinstance(params, dict):
+            self.fail(where, "params must map parameter names to regex patterns")
+            return None
+        names: list[str] = _PLACEHOLDER.findall(path)
+        for extra in sorted(set(params) - set(names)):
+            self.fail(where, f"params.{extra} does not appear in path {path!r}")
+        pieces, last = [], 0
+        for m in _PLACEHOLDER.finditer(path):
+            literal = path[last:m.start()]
+            if not _PATH_LITERAL.fullmatch(literal):
+                self.fail(where, f"path {path!r} has characters that need percent-encoding")
+            pieces.append(re.escape(literal))
+            pattern = params.get(m.group(1), DEFAULT_PARAM_PATTERN)
+            if not self.param_pattern(where, m.group(1), pattern):
+                return None
+            pieces.append(f"(?P<{m.group(1)}>{pattern})")
+            last = m.end()
+        tail = path[last:]
+        if not _PATH_LITERAL.fullmatch(tail) or "{" in tail or "}" in tail:
+            self.fail(where, f"path {path!r} has an unbalanced or invalid placeholder")
+        pieces.append(re.escape(tail))
+        if len(set(names)) != len(names):
+            self.fail(where, f"path {path!r} repeats a parameter")
+        return re.compile("".join(pieces), re.ASCII), set(names)
+
+    def param_pattern(self, where: str, name: str, pattern: Any) -> bool:
+        if not isinstance(pattern, str):
+            self.fail(where, f"params.{name} must be a regex string")
+            return False
+        try:
+            compiled = re.compile(pattern, re.ASCII)
+        except re.error as exc:
+            self.fail(where, f"params.{name}: bad pattern {pattern!r}: {exc}")
+            return False
+        if compiled.groups:
+            self.fail(where, f"params.{name}: use (?:...) instead of capturing groups")
+            return False
+        bad = [p for p in _FORBIDDEN_PROBES if compiled.fullmatch(p)]
+        if bad:
+            self.fail(where, f"params.{name}: pattern {pattern!r} matches {bad[0]!r}; "
+                             "ids must be non-empty and free of '/', ':', '%' and dots")
+            return False
+        return True
+
+    def key_template(self, where: str, key: Any, service: str, names: set[str]) -> str | None:
+        if not isinstance(key, str):
+            self.fail(where, f"key must be a string like '{service}:patient:{{id}}'")
+            return None
+        parts = key.split(":")
+        if len(parts) < 3 or parts[0] != service:
+            self.fail(where, f"key {key!r} must look like '{service}:<entity>:<identifier>'")
+            return None
+        for part in parts:
+            literal = _PLACEHOLDER.sub("", part)
+            if (not literal and not _PLACEHOLDER.fullmatch(part)) or (
+                literal and not _KEY_LITERAL.fullmatch(literal)
+            ):
+                self.fail(where, f"key {key!r}: segment {part!r} must be lowercase "
+                                 "letters, digits, '-', '_' or one {placeholder}")
+                return None
+        used = set(_PLACEHOLDER.findall(key))
+        if used != names:
+            self.fail(where, f"key {key!r} must use exactly the path parameters "
+                             f"{sorted(names)}, it uses {sorted(used)}")
+            return None
+        return key
+
+    def rule(
+        self, index: int, item: Any, service: str,
+        default_ttl: tuple[int, str | None], default_stale: Stale,
+    ) -> Rule | None:
+        name = item.get("name") if isinstance(item, dict) else None
+        where = f"rule #{index}" + (f" {name!r}" if isinstance(name, str) else "")
+        if not isinstance(item, dict):
+            self.fail(where, "must be a mapping")
+            return None
+        count = len(self.problems)
+        self.unknown(where, item, _RULE_FIELDS)
+        if not isinstance(name, str) or not _KEY_LITERAL.fullmatch(name):
+            self.fail(where, "name must be lowercase letters, digits, '-' or '_'")
+        methods = item.get("methods", ["GET"])
+        if not isinstance(methods, list) or not methods or any(
+            m not in ("GET", "HEAD") for m in methods
+        ):
+            self.fail(where, f"methods must list GET (HEAD is implied), got {methods!r}")
+        compiled = self.template(where, item.get("path"), item.get("params"))
+        key = self.key_template(where, item.get("key"), service,
+                                compiled[1] if compiled else set())
+        if "ttl" in item or "ttl_env" in item:
+            ttl, ttl_env = self.ttl(where, item.get("ttl", default_ttl[0]), item.get("ttl_env"))
+        else:
+            ttl, ttl_env = default_ttl
+        query = item.get("query") or []
+        if not isinstance(query, list) or not all(
+            isinstance(q, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", q) for q in query
+        ):
+            self.fail(where, f"query must list parameter names, got {query!r}")
+            query = []
+        invalidates = self.invalidates(where, item.get("invalidates"), service)
+        stale = self.stale(where, item.get("stale"), default_stale)
+        if len(self.problems) > count or compiled is None or key is None:
+            return None
+        return Rule(
+            name=str(name), methods=frozenset({"GET", "HEAD"}), path=item["path"],
+            regex=compiled[0], key=key, key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
+            ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
+        )
+
+    def invalidates(self, where: str, value: Any, service: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(where, "invalidates must be a list of exact keys")
+            return ()
+        for key in value:
+            parts = key.split(":")
+            if len(parts) < 3 or parts[0] != service or not all(
+                _KEY_LITERAL.fullmatch(p) for p in parts
+            ):
+                self.fail(where, f"invalidates: {key!r} must be an exact key "
+                                 f"'{service}:<entity>:<identifier>' (no placeholders or globs)")
+        return tuple(value)
+
+    def write(self, index: int, item: Any, service: str) -> WriteRule | None:
+        where = f"writes #{index}"
+        if not isinstance(item, dict):
+            self.fail(where, "must be a mapping with path and invalidates")
+            return None
+        self.unknown(where, item, _WRITE_FIELDS)
+        compiled = self.template(where, item.get("path"), item.get("params"))
+        invalidates = self.invalidates(where, item.get("invalidates"), service)
+        if compiled is None or not invalidates:
+            if compiled is not None:
+                self.fail(where, "invalidates must name at least one key")
+            return None
+        return WriteRule(item["path"], compiled[0], invalidates)
+
+    def unique(self, rules: list[Rule]) -> None:
+        seen_keys: dict[str, str] = {}
+        seen_names: set[str] = set()
+        for rule in rules:
+            if rule.key in seen_keys:
+                self.fail(f"rule {rule.name!r}",
+                          f"key {rule.key!r} is already used by rule {seen_keys[rule.key]!r}")
+            seen_keys[rule.key] = rule.name
+            if rule.name in seen_names:
+                self.fail(f"rule {rule.name!r}", "name is used twice")
+            seen_names.add(rule.name)

@@ -1,0 +1,41 @@
+"""Everything a request handler needs, built once per app (no import-time globals)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from sidecar.codec import Codec
+from sidecar.flights import Flights
+from sidecar.guarded_store import GuardedStore
+from sidecar.invalidation import Invalidator
+from sidecar.metrics import Metrics
+from sidecar.rules import RuleSet
+from sidecar.settings import Settings
+from sidecar.upstream import Upstream
+from sidecar.variants import CredentialHasher
+
+if TYPE_CHECKING:
+    from sidecar.fetch import Fetched
+
+
+@dataclass(eq=False)
+class Runtime:
+    settings: Settings
+    rules: RuleSet  # replaced whole on reload; a request keeps the one it started with
+    cache: GuardedStore | None  # None when CACHE_ENABLED=false
+    invalidator: Invalidator | None
+    hasher: CredentialHasher
+    codec: Codec
+    metrics: Metrics
+    upstream: Upstream
+    flights: Flights[Fetched] = field(default_factory=Flights)
+    clock: Callable[[], float] = time.time
+    draining: bool = False
+
+
+RUNTIME = web.AppKey("runtime", Runtime)

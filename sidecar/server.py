@@ -1,0 +1,76 @@
+"""Run the proxy and admin listeners; reload on SIGHUP; drain on SIGTERM.
+
+Shutdown order matters on Kubernetes: readiness goes red first, then the listener closes,
+in-flight requests (cached or streaming) get `SIDECAR_SHUTDOWN_TIMEOUT_S` to finish,
+background refreshes are cancelled, and only then Redis and upstream connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from sidecar.app import build_apps
+from sidecar.reload import Reloader
+from sidecar.rules import RuleSet
+from sidecar.runtime import RUNTIME
+from sidecar.settings import Settings
+
+log = logging.getLogger("sidecar")
+
+
+async def serve(settings: Settings, rules: RuleSet, rules_path: Path) -> None:
+    proxy, admin = build_apps(settings, rules)
+    rt = proxy[RUNTIME]
+    proxy_runner = web.AppRunner(proxy, access_log=None,
+                                 shutdown_timeout=settings.shutdown_timeout)
+    admin_runner = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    await web.TCPSite(admin_runner, settings.admin_host, settings.admin_port,
+                      shutdown_timeout=1.0).start()
+    await web.TCPSite(proxy_runner, settings.host, settings.port,
+                      shutdown_timeout=settings.shutdown_timeout).start()
+    _log_startup(settings, rules, rt.codec.encrypted, rt.hasher.shared)
+
+    reloader = Reloader(rt, rules_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload, "sighup")
+    poller = asyncio.ensure_future(reloader.poll(settings.reload_interval))
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining in-flight requests",
+                 extra={"timeout_s": settings.shutdown_timeout})
+        rt.draining = True
+        poller.cancel()
+        await asyncio.gather(poller, return_exceptions=True)
+        await proxy_runner.cleanup()
+        await admin_runner.cleanup()
+        log.info("stopped")
+
+
+def _log_startup(settings: Settings, rules: RuleSet, encrypted: bool, shared: bool) -> None:
+    log.info("sidecar listening", extra={
+        "settings": settings.describe(),
+        "rules_file": rules.source, "rules_hash": rules.digest,
+        "rules": [{"name": r.name, "path": r.path, "key": r.key, "ttl": r.ttl,
+                   "ttl_env": r.ttl_env, "stale": [r.stale.while_revalidate,
+                                                    r.stale.if_error, r.stale.max]}
+                  for r in rules.rules],
+    })
+    if not settings.cache_enabled:
+        log.warning("CACHE_ENABLED=false: every request goes to the upstream (BYPASS)")
+    elif not encrypted:
+        log.warning("CACHE_ENCRYPTION_KEY is not set: the cache holds response bodies in "
+                    "clear text")
+    if settings.cache_enabled and not shared:
+        log.warning("CACHE_KEY_SECRET is not set: a random per-process secret is used, so "
+                    "replicas and restarts do not share entries of authenticated callers")

@@ -1,0 +1,167 @@
+"""Process settings from the environment (the seed's variables plus the proxy's own).
+
+Rule TTLs also come from the environment (`CACHE_TTL_*`), but each rule names its own
+variable, so those are resolved in `rules.py`, not here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidecar.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/routes.yaml")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    upstream_url: str = "http://127.0.0.1:8000"
+    redis_url: str = "memory://"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 9090
+    cache_enabled: bool = True
+    key_secret: bytes | None = field(default=None, repr=False)
+    max_body_bytes: int = 1024 * 1024
+    memory_max_bytes: int = 64 * 1024 * 1024
+    redis_timeout: float = 0.1
+    redis_connect_timeout: float = 0.1
+    redis_max_connections: int = 64
+    breaker_failures: int = 5
+    breaker_cooldown: float = 2.0
+    upstream_connect_timeout: float = 2.0
+    upstream_read_timeout: float = 30.0
+    upstream_keepalive: float = 4.0
+    upstream_max_connections: int = 256
+    shutdown_timeout: float = 20.0
+    redis_tls_ca: str | None = None
+    redis_tls_cert: str | None = None
+    redis_tls_key: str | None = None
+    reload_interval: float = 5.0
+    access_log_sample: float = 1.0
+    admin_token: str | None = field(default=None, repr=False)
+    encryption_key: str | None = field(default=None, repr=False)
+    encryption_key_previous: str | None = field(default=None, repr=False)
+    warn_interval: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every `SIDECAR_*`, `CACHE_*`, `REDIS_*` and `UPSTREAM_*` variable.
+
+        All problems are collected so a bad deployment reports them at once.
+        """
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        d = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(name, default).strip() or default
+
+        def number(name: str, default: float, *, scale: float = 1.0, minimum: float = 0) -> float:
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                return default
+            try:
+                value = float(raw) * scale
+            except ValueError:
+                problems.append(f"environment: {name}={raw!r} is not a number")
+                return default
+            if value <= minimum:
+                problems.append(f"environment: {name}={raw!r} must be greater than {minimum}")
+                return default
+            return value
+
+        def integer(name: str, default: int) -> int:
+            return int(number(name, default))
+
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                return default
+            if raw.strip().lower() in _TRUE:
+                return True
+            if raw.strip().lower() in _FALSE:
+                return False
+            problems.append(f"environment: {name}={raw!r} is not a boolean (true/false)")
+            return default
+
+        secret = env.get("CACHE_KEY_SECRET", "")
+        redis_url = text("REDIS_URL", d.redis_url)
+        if not redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
+            problems.append(
+                f"environment: REDIS_URL must start with redis://, rediss://, unix:// or "
+                f"memory://, got scheme {redis_url.split(':', 1)[0]!r}"
+            )
+        upstream = text("UPSTREAM_URL", d.upstream_url).rstrip("/")
+        if not upstream.startswith(("http://", "https://")):
+            problems.append("environment: UPSTREAM_URL must be an http:// or https:// URL")
+        settings = cls(
+            upstream_url=upstream,
+            redis_url=redis_url,
+            host=text("SIDECAR_HOST", d.host),
+            port=integer("SIDECAR_PORT", d.port),
+            admin_host=text("SIDECAR_ADMIN_HOST", d.admin_host),
+            admin_port=integer("SIDECAR_ADMIN_PORT", d.admin_port),
+            cache_enabled=flag("CACHE_ENABLED", d.cache_enabled),
+            key_secret=secret.encode() if secret else None,
+            max_body_bytes=integer("CACHE_MAX_BODY_BYTES", d.max_body_bytes),
+            memory_max_bytes=integer("CACHE_MEMORY_MAX_BYTES", d.memory_max_bytes),
+            redis_timeout=number("REDIS_TIMEOUT_MS", d.redis_timeout, scale=0.001),
+            redis_connect_timeout=number(
+                "REDIS_CONNECT_TIMEOUT_MS", d.redis_connect_timeout, scale=0.001
+            ),
+            redis_max_connections=integer("REDIS_MAX_CONNECTIONS", d.redis_max_connections),
+            breaker_failures=integer("CACHE_BREAKER_FAILURES", d.breaker_failures),
+            breaker_cooldown=number("CACHE_BREAKER_COOLDOWN_S", d.breaker_cooldown),
+            upstream_connect_timeout=number(
+                "UPSTREAM_CONNECT_TIMEOUT_S", d.upstream_connect_timeout
+            ),
+            upstream_read_timeout=number("UPSTREAM_READ_TIMEOUT_S", d.upstream_read_timeout),
+            upstream_keepalive=number("UPSTREAM_KEEPALIVE_S", d.upstream_keepalive),
+            upstream_max_connections=integer(
+                "UPSTREAM_MAX_CONNECTIONS", d.upstream_max_connections
+            ),
+            shutdown_timeout=number("SIDECAR_SHUTDOWN_TIMEOUT_S", d.shutdown_timeout),
+            redis_tls_ca=env.get("REDIS_TLS_CA_FILE") or None,
+            redis_tls_cert=env.get("REDIS_TLS_CERT_FILE") or None,
+            redis_tls_key=env.get("REDIS_TLS_KEY_FILE") or None,
+            reload_interval=number("SIDECAR_RELOAD_INTERVAL_S", d.reload_interval),
+            access_log_sample=number("SIDECAR_ACCESS_LOG_SAMPLE", d.access_log_sample,
+                                     minimum=-1e-9),
+            admin_token=env.get("SIDECAR_ADMIN_TOKEN") or None,
+            encryption_key=env.get("CACHE_ENCRYPTION_KEY") or None,
+            encryption_key_previous=env.get("CACHE_ENCRYPTION_KEY_PREVIOUS") or None,
+            warn_interval=number("SIDECAR_WARN_INTERVAL_S", d.warn_interval),
+        )
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    def describe(self) -> dict[str, object]:
+        """The effective settings for the startup log, secrets masked."""
+        out: dict[str, object] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name in {"key_secret", "admin_token", "encryption_key",
+                        "encryption_key_previous"}:
+                value = "set" if value else "unset"
+            elif name == "redis_url":
+                value = _mask_url(str(value))
+            out[name] = value
+        return out
+
+
+def _mask_url(url: str) -> str:
+    """Hide a password in `redis://user:password@host`."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

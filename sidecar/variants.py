@@ -1,0 +1,74 @@
+"""Which stored copy of an entity a request may see: the hash field under the entity key.
+
+All variants of `identity:patient:42` live in one Redis hash so one `DEL` erases them all.
+The field name combines the caller's credentials (a keyed hash, never the token), the
+content codings the caller accepts, and the allow-listed query parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from multidict import CIMultiDictProxy
+
+ANONYMOUS = "anon"
+_KNOWN_CODINGS = ("br", "deflate", "gzip", "zstd")
+
+
+class CredentialHasher:
+    """Keyed hash of `Authorization` and `Cookie`.
+
+    The secret must be shared by all replicas (`CACHE_KEY_SECRET`) for them to share
+    entries of authenticated callers; without it each process draws a random secret,
+    which is safe but means replicas (and restarts) do not share those entries.
+    """
+
+    def __init__(self, secret: bytes | None) -> None:
+        self.shared = secret is not None
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+
+    def keyed(self, text: str) -> str:
+        """A short keyed hash, for naming an entity in audit logs without its id."""
+        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def fingerprint(self, headers: CIMultiDictProxy[str]) -> str:
+        auth = headers.getall("Authorization", [])
+        cookie = headers.getall("Cookie", [])
+        if not auth and not cookie:
+            return ANONYMOUS
+        material = "\x00".join(["authorization", *auth, "cookie", *cookie]).encode()
+        return hmac.new(self._secret, material, hashlib.sha256).hexdigest()[:32]
+
+
+def accepted_codings(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Content codings (of those we know) the caller accepts with a non-zero q."""
+    accepted: set[str] = set()
+    wildcard = False
+    refused: set[str] = set()
+    for value in headers.getall("Accept-Encoding", []):
+        for item in value.split(","):
+            name, _, params = item.strip().partition(";")
+            name = name.strip().lower()
+            q = 1.0
+            for param in params.split(";"):
+                k, _, v = param.strip().partition("=")
+                if k.strip().lower() == "q":
+                    try:
+                        q = float(v)
+                    except ValueError:
+                        q = 0.0
+            if name == "*":
+                wildcard = q > 0
+            elif name in _KNOWN_CODINGS:
+                (accepted if q > 0 else refused).add(name)
+    if wildcard:
+        accepted |= set(_KNOWN_CODINGS) - refused
+    return frozenset(accepted)
+
+
+def variant_field(credential: str, codings: frozenset[str], query: tuple[str, ...]) -> str:
+    enc = "+".join(sorted(codings)) or "identity"
+    q = hashlib.sha256("&".join(query).encode()).hexdigest()[:16] if query else "-"
+    return f"{credential}|{enc}|{q}"
