@@ -70,7 +70,8 @@ def build_runtime(
 def proxy_app(rt: Runtime) -> web.Application:
     app = web.Application(client_max_size=0)  # bodies stream through, never buffered
     app[RUNTIME] = rt
-    app.router.add_route("*", "/{tail:.*}", handle)
+    # [\s\S]: the router sees the decoded path, where `%0A` is a newline `.` would miss.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_drain)
     return app

@@ -28,7 +28,7 @@ from sidecar.policy import (
     request_bypass_reason,
     wants_refresh,
 )
-from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, label, replay
+from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, error, label, replay
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.variants import accepted_codings, variant_field
 
@@ -57,6 +57,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.StreamResponse:
     rules = rt.rules  # one snapshot per request: a reload never changes it midway
     method, target = request.method, request.raw_path
+    if not target.startswith("/"):
+        rt.metrics.bypass.labels("bad-target").inc()
+        return error(400, "bad_request_target",
+                     "Only origin-form request targets (/path?query) are accepted.",
+                     BYPASS, "bad-target")
     if rt.cache is None:
         rt.metrics.bypass.labels("disabled").inc()
         return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="disabled")

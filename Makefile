@@ -1,0 +1,38 @@
+# The two commands: `make run` (the demo) and `make test` (the whole suite).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STUB_PORT ?= 8000
+export UPSTREAM_URL ?= http://127.0.0.1:$(STUB_PORT)
+export REDIS_URL ?= memory://
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+# Stand-in identity service on $(STUB_PORT), the sidecar on 8080 (admin 9090) in front.
+run: install
+	@STUB_PORT=$(STUB_PORT) $(BIN)/python -m upstream_stub & stub=$$!; \
+	trap 'kill $$stub 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/python -m sidecar
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install
+	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server"; exit 1; }
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
