@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from sidecar.admin import admin_app
 from sidecar.breaker import Breaker
 from sidecar.codec import build_codec
+from sidecar.coordination import Coordinator, RedisCoordinator
 from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
 from sidecar.memory_store import MemoryStore
@@ -32,7 +34,7 @@ log = logging.getLogger("sidecar")
 def build_store(settings: Settings) -> CacheStore:
     if settings.redis_url.startswith("memory://"):
         return MemoryStore(settings.memory_max_bytes)
-    tls = {
+    tls: dict[str, Any] = {
         name: value for name, value in (
             ("ssl_ca_certs", settings.redis_tls_ca),
             ("ssl_certfile", settings.redis_tls_cert),
@@ -59,7 +61,13 @@ def build_runtime(
         )
         invalidator = Invalidator(cache, metrics)
     metrics.config_info.labels(rules.digest).set(1)
+    coordinator = Coordinator()
+    if cache is not None and isinstance(cache.store, RedisStore):
+        coordinator = RedisCoordinator(
+            cache, cache.store.client, cache.store.subscriber(), rules.service,
+            lease_seconds=settings.lease_seconds, wait_seconds=settings.lease_seconds)
     return Runtime(
+        coordinator=coordinator,
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
         hasher=CredentialHasher(settings.key_secret),
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
@@ -87,11 +95,13 @@ async def _drain(app: web.Application) -> None:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     await rt.upstream.start()
+    await rt.coordinator.start()
     yield
     rt.draining = True
     await rt.flights.cancel_all()
     if rt.invalidator is not None:
         await rt.invalidator.close()
+    await rt.coordinator.close()
     if rt.cache is not None:
         await rt.cache.store.close()
     await rt.upstream.close()

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from sidecar.entry import Entry
 from sidecar.headers import STORED_RESPONSE_HEADERS, client_headers
+from sidecar.lookup import lookup
 from sidecar.matching import Match
 from sidecar.policy import response_not_storable_reason
 from sidecar.runtime import Runtime
@@ -31,6 +32,12 @@ class Fetched:
     entry: Entry | None  # the storable form, when the response may be stored/shared
     not_stored: str | None  # why it was not stored (RFC 9211 detail), or None
     oversized: bool = False
+    replica: bool = False  # filled by another replica while this one waited
+
+
+def _from_replica(entry: Entry) -> Fetched:
+    return Fetched(entry.status, None, CIMultiDict(entry.headers), entry.body, entry, None,
+                   replica=True)
 
 
 def strong_etag(body: bytes) -> str:
@@ -40,10 +47,37 @@ def strong_etag(body: bytes) -> str:
 async def fetch(
     rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
 ) -> Fetched:
-    """GET the upstream (HEAD misses too, so the answer can be stored) and store it."""
+    """GET the upstream (HEAD misses too, so the answer can be stored) and store it.
+
+    Across replicas, only the lease holder goes upstream; the others wait to be woken
+    and read what it stored, or fetch for themselves when the lease runs out.
+    """
+    assert rt.invalidator is not None and rt.cache is not None
+    lease = await rt.coordinator.lead(match.key, field)
+    if lease is None:
+        woken = await rt.coordinator.wait(match.key, field)
+        entry = await lookup(rt, match, field)
+        if entry is not None and entry.remaining(rt.clock()) > 0:
+            rt.metrics.coalesced.labels(match.rule.key_prefix, "replica").inc()
+            return _from_replica(entry)
+        rt.metrics.coalesced.labels(
+            match.rule.key_prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
+    stored = False
+    try:
+        result = await _fetch_upstream(rt, match, field, raw_target, headers)
+        stored = result.entry is not None and result.not_stored is None
+        return result
+    finally:
+        if lease is not None:
+            await rt.coordinator.release(lease, match.key, field, stored)
+
+
+async def _fetch_upstream(
+    rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
+) -> Fetched:
+    assert rt.invalidator is not None and rt.cache is not None
     cap = rt.settings.max_body_bytes
     start = time.perf_counter()
-    assert rt.invalidator is not None and rt.cache is not None
     ticket = rt.invalidator.begin(match.key)
     try:
         async with rt.upstream.request("GET", raw_target, headers) as up:

@@ -51,6 +51,11 @@ class Flights(Generic[T]):
         future.cancel()  # the shield only; the task itself runs on
         return True
 
+    async def idle(self) -> None:
+        """Until every running fetch and refresh has finished (for drain and tests)."""
+        while self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
     async def cancel_background(self) -> None:
         """Refreshes nobody waits for: cancelled first when the process drains."""
         tasks = list(self._background)

@@ -36,7 +36,7 @@ class GuardedStore:
         self.deadline = deadline
         self._warn = RateLimitedWarning(log, warn_interval)
 
-    async def _call(
+    async def call(
         self, operation: str, prefix: str, call: Callable[[], Awaitable[T]], default: T,
         deadline: float | None = None,
     ) -> T:
@@ -70,19 +70,19 @@ class GuardedStore:
         self.metrics.breaker_open.set(1 if self.breaker.state != "closed" else 0)
 
     async def get(self, key: str, field: str, prefix: str) -> bytes | None:
-        return await self._call("get", prefix, lambda: self.store.get(key, field), None)
+        return await self.call("get", prefix, lambda: self.store.get(key, field), None)
 
     async def put(self, key: str, field: str, value: bytes, keep: int, prefix: str) -> bool:
         async def put() -> bool:
             await self.store.put(key, field, value, keep)
             return True
-        return await self._call("set", prefix, put, False)
+        return await self.call("set", prefix, put, False)
 
     async def drop_field(self, key: str, field: str, prefix: str) -> None:
-        await self._call("hdel", prefix, lambda: self.store.drop_field(key, field), None)
+        await self.call("hdel", prefix, lambda: self.store.drop_field(key, field), None)
 
     async def delete(self, keys: list[str], prefix: str) -> int | None:
         """None when the delete could not be done (the caller must know: stale risk)."""
         async def delete() -> int | None:
             return await self.store.delete(keys)
-        return await self._call("delete", prefix, delete, None)
+        return await self.call("delete", prefix, delete, None)

@@ -86,6 +86,11 @@ class Invalidator:
                 self._pending.difference_update(keys)
                 self.metrics.invalidations.labels("deferred").inc(len(keys))
 
+    async def wait_idle(self) -> None:
+        """Until the pending invalidations are through (for drain and tests)."""
+        if self._retry is not None and not self._retry.done():
+            await asyncio.shield(self._retry)
+
     async def close(self) -> None:
         if self._retry is not None:
             self._retry.cancel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from sidecar.rules import Rule, RuleSet
 
@@ -70,13 +71,27 @@ def match_writes(rules: RuleSet, raw_target: str) -> tuple[str, ...]:
     path, _ = split_target(raw_target)
     keys: list[str] = []
     for rule in rules.rules:
-        m = rule.regex.fullmatch(path)
-        if m is not None:
-            key = rule.key_for(m.groupdict())
-            if SAFE_KEY.fullmatch(key):
-                keys.append(key)
-            keys.extend(rule.invalidates)
+        m = rule.loose.fullmatch(path)
+        if m is None:
+            continue
+        params = {name: _as_upstream_reads_it(value) for name, value in m.groupdict().items()}
+        key = rule.key_for(params)
+        if rule.regex.fullmatch(rule.path_for(params)) and SAFE_KEY.fullmatch(key):
+            keys.append(key)
+        keys.extend(rule.invalidates)
     for write in rules.writes:
         if write.regex.fullmatch(path):
             keys.extend(write.invalidates)
     return tuple(dict.fromkeys(keys))
+
+
+def _as_upstream_reads_it(raw: str) -> str:
+    """The id a FastAPI `int` path parameter would see: `042`, `%34%32`, `+42` -> `42`.
+
+    A write through an odd spelling must still erase the entity it changed.
+    """
+    text = unquote(raw)
+    try:
+        return str(int(text))
+    except ValueError:
+        return text

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from sidecar.codec import SealError
-from sidecar.entry import CorruptEntry, Entry
+from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
 from sidecar.fetch import Fetched, fetch
 from sidecar.forward import forward, forwarded_headers, upstream_failure
+from sidecar.lookup import lookup
 from sidecar.matching import Match, NoMatch, match_rule, match_writes
 from sidecar.metrics import NO_RULE
 from sidecar.policy import (
@@ -89,28 +89,6 @@ async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.Str
     return await _cached(request, rt, decision, outcome)
 
 
-async def _lookup(rt: Runtime, match: Match, field: str) -> Entry | None:
-    assert rt.cache is not None and rt.invalidator is not None
-    if rt.invalidator.pending(match.key):
-        return None
-    prefix = match.rule.key_prefix
-    blob = await rt.cache.get(match.key, field, prefix)
-    if blob is None:
-        return None
-    try:
-        return Entry.decode(rt.codec.open(match.key, field, blob))
-    except SealError as exc:
-        rt.metrics.decrypt_failures.inc()
-        log.warning("stored value did not open (%s); treating as a miss", exc,
-                    extra={"key_prefix": prefix})
-    except CorruptEntry:
-        rt.metrics.cache_errors.labels("decode", "corrupt").inc()
-        log.warning("stored value is not an entry; treating as a miss",
-                    extra={"key_prefix": prefix})
-    await rt.cache.drop_field(match.key, field, prefix)
-    return None
-
-
 async def _cached(
     request: web.Request, rt: Runtime, match: Match, outcome: Outcome
 ) -> web.StreamResponse:
@@ -120,7 +98,7 @@ async def _cached(
     field = variant_field(rt.hasher.fingerprint(headers), codings, match.query)
     head = request.method == "HEAD"
     refresh = wants_refresh(headers)
-    entry = None if refresh else await _lookup(rt, match, field)
+    entry = None if refresh else await lookup(rt, match, field)
     if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
         entry = None
     now = rt.clock()

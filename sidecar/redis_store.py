@@ -7,6 +7,8 @@ and there is no retry: the caller falls back to the upstream instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -19,7 +21,9 @@ _SCAN_BATCH = 500
 class RedisStore:
     name = "redis"
 
-    def __init__(self, settings: Settings, *, ssl_options: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, *, ssl_options: dict[str, Any] | None = None) -> None:
+        self._settings = settings
+        self._ssl: dict[str, Any] = ssl_options or {}
         pool = BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
@@ -31,6 +35,12 @@ class RedisStore:
             **(ssl_options or {}),
         )
         self.client: Redis = Redis(connection_pool=pool)
+
+    def subscriber(self) -> Redis:
+        """A client for one long-lived pub/sub connection: no read timeout, no retry."""
+        return Redis.from_url(
+            self._settings.redis_url, socket_connect_timeout=self._settings.redis_connect_timeout,
+            socket_timeout=None, retry=Retry(NoBackoff(), 0), **self._ssl)
 
     async def get(self, key: str, field: str) -> bytes | None:
         value = await self.client.hget(key, field)

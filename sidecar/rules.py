@@ -57,6 +57,7 @@ class Rule:
     methods: frozenset[str]
     path: str
     regex: re.Pattern[str]
+    loose: re.Pattern[str]  # same skeleton, any segment: to find what a write addresses
     key: str
     key_prefix: str
     ttl: int
@@ -67,6 +68,9 @@ class Rule:
 
     def key_for(self, params: Mapping[str, str]) -> str:
         return _PLACEHOLDER.sub(lambda m: params[m.group(1)], self.key)
+
+    def path_for(self, params: Mapping[str, str]) -> str:
+        return _PLACEHOLDER.sub(lambda m: params[m.group(1)], self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +235,16 @@ class _Parser:
             self.fail(where, f"path {path!r} repeats a parameter")
         return re.compile("".join(pieces), re.ASCII), set(names)
 
+    @staticmethod
+    def loose(path: str) -> re.Pattern[str]:
+        pieces, last = [], 0
+        for m in _PLACEHOLDER.finditer(path):
+            pieces.append(re.escape(path[last:m.start()]))
+            pieces.append(f"(?P<{m.group(1)}>[^/]+)")
+            last = m.end()
+        pieces.append(re.escape(path[last:]))
+        return re.compile("".join(pieces), re.ASCII)
+
     def param_pattern(self, where: str, name: str, pattern: Any) -> bool:
         if not isinstance(pattern, str):
             self.fail(where, f"params.{name} must be a regex string")
@@ -310,7 +324,8 @@ class _Parser:
             return None
         return Rule(
             name=str(name), methods=frozenset({"GET", "HEAD"}), path=item["path"],
-            regex=compiled[0], key=key, key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
+            regex=compiled[0], loose=self.loose(item["path"]), key=key,
+            key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
             ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
         )
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from sidecar.codec import Codec
+from sidecar.coordination import Coordinator
 from sidecar.flights import Flights
 from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
@@ -34,6 +35,7 @@ class Runtime:
     metrics: Metrics
     upstream: Upstream
     flights: Flights[Fetched] = field(default_factory=Flights)
+    coordinator: Coordinator = field(default_factory=Coordinator)
     clock: Callable[[], float] = time.time
     draining: bool = False
 

@@ -44,6 +44,7 @@ class Settings:
     redis_tls_cert: str | None = None
     redis_tls_key: str | None = None
     reload_interval: float = 5.0
+    lease_seconds: float = 3.0
     access_log_sample: float = 1.0
     admin_token: str | None = field(default=None, repr=False)
     encryption_key: str | None = field(default=None, repr=False)
@@ -131,6 +132,7 @@ class Settings:
             redis_tls_ca=env.get("REDIS_TLS_CA_FILE") or None,
             redis_tls_cert=env.get("REDIS_TLS_CERT_FILE") or None,
             redis_tls_key=env.get("REDIS_TLS_KEY_FILE") or None,
+            lease_seconds=number("CACHE_LEASE_S", d.lease_seconds),
             reload_interval=number("SIDECAR_RELOAD_INTERVAL_S", d.reload_interval),
             access_log_sample=number("SIDECAR_ACCESS_LOG_SAMPLE", d.access_log_sample,
                                      minimum=-1e-9),

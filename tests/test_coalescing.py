@@ -1,0 +1,74 @@
+"""Stampede protection: concurrent cold requests reach the upstream once per variant,
+within one process (single-flight) and across two sidecars (Redis lease + wake-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from redis.asyncio import Redis
+
+from sidecar.coordination import RedisCoordinator
+from sidecar.variants import variant_field
+from tests.conftest import TOKEN_A, TOKEN_B, Stack, StackFactory
+
+PATIENT = "/api/v1/patients/42"
+SLOW = {"X-Stub-Delay-Ms": "300"}
+
+
+async def test_fifty_cold_requests_reach_the_upstream_once(stack: Stack) -> None:
+    replies = await asyncio.gather(*[stack.proxy.get(PATIENT, headers=SLOW)
+                                     for _ in range(50)])
+    assert {r.status for r in replies} == {200}
+    assert len({r.body for r in replies}) == 1
+    assert stack.upstream_hits(PATIENT) == 1
+    assert sum("collapsed" in r.headers["Cache-Status"] for r in replies) == 49
+
+
+async def test_coalescing_never_crosses_credentials(stack: Stack) -> None:
+    tokens = [TOKEN_A, TOKEN_B] * 25
+    replies = await asyncio.gather(*[stack.proxy.get(PATIENT, token=t, headers=SLOW)
+                                     for t in tokens])
+    callers = {t: {r.json()["meta"]["caller"] for r, tt in zip(replies, tokens, strict=True)
+                   if tt == t} for t in (TOKEN_A, TOKEN_B)}
+    assert all(len(c) == 1 for c in callers.values())
+    assert callers[TOKEN_A] != callers[TOKEN_B]
+    assert stack.upstream_hits(PATIENT) == 2
+
+
+async def test_two_sidecars_share_one_fetch_through_the_lease(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    one, two = await make_stack(), await make_stack()
+    for s in (one, two):  # both subscribed before the burst
+        assert isinstance(s.rt.coordinator, RedisCoordinator)
+        await asyncio.wait_for(s.rt.coordinator._subscribed.wait(), 5)
+    replies = await asyncio.gather(*[s.proxy.get(PATIENT, headers=SLOW)
+                                     for s in (one, two) for _ in range(25)])
+    assert {r.status for r in replies} == {200}
+    assert len({r.body for r in replies}) == 1
+    assert one.upstream_hits(PATIENT) <= 2
+    metrics = (await two.admin.get("/metrics", token=None)).body.decode() + (
+        await one.admin.get("/metrics", token=None)).body.decode()
+    assert 'scope="replica"' in metrics
+
+
+async def test_lease_holder_that_never_fills_lets_others_fetch(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await make_stack({"CACHE_LEASE_S": "0.3"})
+    coordinator = stack.rt.coordinator
+    assert isinstance(coordinator, RedisCoordinator)
+    await asyncio.wait_for(coordinator._subscribed.wait(), 5)
+    # Another replica took the lease for this variant and died: nobody will publish.
+    field = variant_field(stack.rt.hasher.fingerprint(
+        CIMultiDictProxy(CIMultiDict({"Authorization": TOKEN_A}))), frozenset(), ())
+    lease = coordinator._name("identity:patient:42", field)
+    assert lease.startswith("identity:lease:patient:42:")
+    await redis_client.set(lease, "dead", px=300)
+    reply = await stack.proxy.get(PATIENT)
+    assert reply.status == 200 and reply.x_cache == "MISS"
+    assert stack.upstream_hits(PATIENT) == 1
+    metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
+    assert 'scope="replica-timeout"' in metrics
