@@ -10,6 +10,18 @@ import time
 from collections.abc import Callable
 
 
+class Permit:
+    """Leave to call the backend; `probe` marks the one half-open trial call."""
+
+    __slots__ = ("probe",)
+
+    def __init__(self, probe: bool) -> None:
+        self.probe = probe
+
+
+_CLOSED = Permit(False)
+
+
 class Breaker:
     def __init__(
         self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic
@@ -29,14 +41,14 @@ class Breaker:
             return "half-open"
         return "open"
 
-    def allow(self) -> bool:
-        """Whether a call may go to the backend now; in half-open, only one at a time."""
+    def allow(self) -> Permit | None:
+        """A permit to call the backend now, or None; in half-open, one probe at a time."""
         if self._opened_at is None:
-            return True
+            return _CLOSED
         if self._probing or self._clock() - self._opened_at < self.cooldown:
-            return False
+            return None
         self._probing = True
-        return True
+        return Permit(True)
 
     def success(self) -> None:
         self._failures = 0
@@ -49,6 +61,7 @@ class Breaker:
             self._opened_at = self._clock()
         self._probing = False
 
-    def abandon(self) -> None:
-        """A call ended without a verdict (cancelled): let the next one probe."""
-        self._probing = False
+    def abandon(self, permit: Permit) -> None:
+        """A call ended without a verdict (cancelled): if it was the probe, free its slot."""
+        if permit.probe:
+            self._probing = False

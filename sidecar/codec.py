@@ -21,6 +21,7 @@ from sidecar.errors import ConfigError
 _MAGIC = b"SE1"
 _NONCE = 12
 _KID = 4
+_TAG = 16
 
 
 class SealError(ValueError):
@@ -71,6 +72,8 @@ class AesGcmCodec:
     def open(self, key: str, field: str, blob: bytes) -> bytes:
         if not blob.startswith(_MAGIC):
             raise SealError("clear-text value while encryption is on")
+        if len(blob) < len(_MAGIC) + _KID + _NONCE + _TAG:
+            raise SealError("truncated value")
         kid = blob[3:3 + _KID]
         aead = self._keys.get(kid)
         if aead is None:

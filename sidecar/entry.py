@@ -8,6 +8,7 @@ per-exchange headers never enter it. Anything that does not parse is treated as 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ class Entry:
             if end > len(data):
                 raise CorruptEntry("truncated header")
             meta = json.loads(data[3 + _LEN.size:end])
-            return cls(
+            entry = cls(
                 status=int(meta["s"]),
                 headers=tuple((str(k), str(v)) for k, v in meta["h"]),
                 body=data[end:],
@@ -65,5 +66,8 @@ class Entry:
                 ttl=int(meta["ttl"]),
                 initial_age=int(meta.get("a", 0)),
             )
+            if not math.isfinite(entry.stored_at):
+                raise CorruptEntry("stored_at is not a finite number")
+            return entry
         except (struct.error, ValueError, KeyError, TypeError) as exc:
             raise CorruptEntry(str(exc)) from None

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from sidecar.breaker import Breaker
 from sidecar.logs import RateLimitedWarning
@@ -40,7 +41,8 @@ class GuardedStore:
         self, operation: str, prefix: str, call: Callable[[], Awaitable[T]], default: T,
         deadline: float | None = None,
     ) -> T:
-        if not self.breaker.allow():
+        permit = self.breaker.allow()
+        if permit is None:
             self.metrics.cache_errors.labels(operation, "breaker-open").inc()
             return default
         start = time.perf_counter()
@@ -48,12 +50,12 @@ class GuardedStore:
             async with asyncio.timeout(deadline or self.deadline):
                 result = await call()
         except asyncio.CancelledError:
-            self.breaker.abandon()
+            self.breaker.abandon(permit)
             raise
         except _FAILURES as exc:
             self.breaker.failure()
             self._set_gauge()
-            reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+            reason = "timeout" if isinstance(exc, TimeoutError | RedisTimeout) else "error"
             self.metrics.cache_errors.labels(operation, reason).inc()
             self._warn.warn(
                 f"{operation}-{reason}",

@@ -12,6 +12,10 @@ from urllib.parse import unquote
 
 from sidecar.rules import Rule, RuleSet
 
+# What pydantic's int parsing accepts: ` +4_2.00 ` is 42 to the upstream.
+_INTEGER = re.compile(r"\s*([+-]?[0-9]+(?:_[0-9]+)*)(?:\.0*)?\s*", re.ASCII)
+# Every parameter value must stay one key segment, whatever a rule's pattern allows.
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 # Last line of defence: whatever a rule's patterns allow, a key never leaves this alphabet.
 SAFE_KEY = re.compile(r"[a-z0-9_-]+(?::[A-Za-z0-9_-]+)+", re.ASCII)
 
@@ -47,7 +51,10 @@ def match_rule(rules: RuleSet, method: str, raw_target: str) -> Match | NoMatch:
         allowed = _allowed_query(rule, query)
         if allowed is None:
             return NoMatch("query", rule)
-        key = rule.key_for(m.groupdict())
+        params = m.groupdict()
+        if not all(_SAFE_VALUE.fullmatch(v) for v in params.values()):
+            return NoMatch("key", rule)
+        key = rule.key_for(params)
         if not key.startswith(rules.service + ":") or not SAFE_KEY.fullmatch(key):
             return NoMatch("key", rule)
         return Match(rule, key, allowed)
@@ -76,7 +83,8 @@ def match_writes(rules: RuleSet, raw_target: str) -> tuple[str, ...]:
             continue
         params = {name: _as_upstream_reads_it(value) for name, value in m.groupdict().items()}
         key = rule.key_for(params)
-        if rule.regex.fullmatch(rule.path_for(params)) and SAFE_KEY.fullmatch(key):
+        if (rule.regex.fullmatch(rule.path_for(params)) and SAFE_KEY.fullmatch(key)
+                and all(_SAFE_VALUE.fullmatch(v) for v in params.values())):
             keys.append(key)
         keys.extend(rule.invalidates)
     for write in rules.writes:
@@ -91,7 +99,5 @@ def _as_upstream_reads_it(raw: str) -> str:
     A write through an odd spelling must still erase the entity it changed.
     """
     text = unquote(raw)
-    try:
-        return str(int(text))
-    except ValueError:
-        return text
+    m = _INTEGER.fullmatch(text) if len(text) <= 64 else None  # int() of 5,000 digits raises
+    return str(int(m.group(1).replace("_", ""))) if m else text

@@ -6,7 +6,7 @@ proxy asks, these answer with a reason, and the reason becomes `Cache-Status` de
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -90,9 +90,11 @@ def _date(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value)
+        parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    # asctime and `-0000` dates parse naive; HTTP dates are always UTC (RFC 9110 §5.6.7).
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _weak(tag: str) -> str:

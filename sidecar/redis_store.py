@@ -32,6 +32,9 @@ class RedisStore:
             socket_connect_timeout=settings.redis_connect_timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
+            # No CLIENT SETINFO on connect: two round trips fewer on every reconnect, and
+            # one command fewer the ACL user needs.
+            driver_info=None,
             **(ssl_options or {}),
         )
         self.client: Redis = Redis(connection_pool=pool)
@@ -40,7 +43,8 @@ class RedisStore:
         """A client for one long-lived pub/sub connection: no read timeout, no retry."""
         return Redis.from_url(
             self._settings.redis_url, socket_connect_timeout=self._settings.redis_connect_timeout,
-            socket_timeout=None, retry=Retry(NoBackoff(), 0), **self._ssl)
+            socket_timeout=None, retry=Retry(NoBackoff(), 0), driver_info=None,
+            **self._ssl)
 
     async def get(self, key: str, field: str) -> bytes | None:
         value = await self.client.hget(key, field)

@@ -26,7 +26,8 @@ _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _PATH_LITERAL = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
 # Strings a parameter pattern must never match: they would escape the path segment or
 # the key namespace.
-_FORBIDDEN_PROBES = ("", "/", ":", "%", ".", "..", "*", "?", "#", " ", "a/b", "1:2", "%2F")
+_FORBIDDEN_PROBES = ("", "/", ":", "%", ".", "..", "*", "?", "#", " ", "a/b", "1:2", "%2F",
+                     "12:34", "ab:cd", "1.2", "1 2")
 _TOP_FIELDS = {"version", "service", "defaults", "rules", "writes"}
 _DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
 _RULE_FIELDS = {
@@ -362,10 +363,11 @@ class _Parser:
         seen_keys: dict[str, str] = {}
         seen_names: set[str] = set()
         for rule in rules:
-            if rule.key in seen_keys:
+            shape = _PLACEHOLDER.sub("{}", rule.key)  # {id} and {pid} address the same keys
+            if shape in seen_keys:
                 self.fail(f"rule {rule.name!r}",
-                          f"key {rule.key!r} is already used by rule {seen_keys[rule.key]!r}")
-            seen_keys[rule.key] = rule.name
+                          f"key {rule.key!r} is already used by rule {seen_keys[shape]!r}")
+            seen_keys[shape] = rule.name
             if rule.name in seen_names:
                 self.fail(f"rule {rule.name!r}", "name is used twice")
             seen_names.add(rule.name)

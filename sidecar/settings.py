@@ -6,6 +6,7 @@ variable, so those are resolved in `rules.py`, not here.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class Settings:
                 value = float(raw) * scale
             except ValueError:
                 problems.append(f"environment: {name}={raw!r} is not a number")
+                return default
+            if not math.isfinite(value):
+                problems.append(f"environment: {name}={raw!r} is not a finite number")
                 return default
             if value <= minimum:
                 problems.append(f"environment: {name}={raw!r} must be greater than {minimum}")
@@ -160,10 +164,14 @@ class Settings:
 
 
 def _mask_url(url: str) -> str:
-    """Hide a password in `redis://user:password@host`."""
+    """Hide a password in `redis://user:password@host` and in `?password=`."""
     scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+    rest, qsep, query = rest.partition("?")
+    if "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        rest = f"{creds.split(':', 1)[0]}:***@{host}"
+    if query:
+        query = "&".join(
+            f"{k}=***" if k.lower() == "password" else f"{k}{eq}{v}"
+            for k, eq, v in (p.partition("=") for p in query.split("&")))
+    return f"{scheme}{sep}{rest}{qsep}{query}"

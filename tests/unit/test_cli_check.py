@@ -1,0 +1,120 @@
+"""`sidecar --check`: validate the rules file and the environment, then exit 0 or 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUTES = ROOT / "config" / "routes.yaml"
+_OURS = ("SIDECAR_", "CACHE_", "REDIS_", "UPSTREAM_")
+
+BAD = """\
+rules:
+  - name: patient
+    path: /api/v1/patients/{id}
+    key: identity:patient:all
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check reads the real environment: start every test without our variables."""
+    for name in list(os.environ):
+        if name.startswith(_OURS):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bad-routes.yaml"
+    path.write_text(BAD)
+    return path
+
+
+def test_shipped_file_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--check", "--config", str(ROUTES)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert f"{ROUTES}: OK (3 rules" in out
+    assert "patient: /api/v1/patients/{id} -> identity:patient:{id} ttl=600s" in out
+    assert "stats-dashboard: /api/v1/statistics/dashboard -> identity:stats:dashboard" in out
+
+
+def test_check_shows_env_overrides(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CACHE_TTL_PATIENT", "60")
+    assert main(["--check", "--config", str(ROUTES)]) == 0
+    assert "identity:patient:{id} ttl=60s (env CACHE_TTL_PATIENT)" in capsys.readouterr().out
+
+
+def test_bad_file_fails_naming_file_rule_and_problem(
+    bad_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--check", "--config", str(bad_file)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {bad_file}: ")
+    assert "'patient'" in lines[0]
+    assert "must use exactly the path parameters ['id']" in lines[0]
+
+
+def test_bad_env_override_fails(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CACHE_TTL_PATIENT", "ten")
+    assert main(["--check", "--config", str(ROUTES)]) == 1
+    err = capsys.readouterr().err
+    assert f"{ROUTES}: rule #1 'patient'" in err
+    assert "CACHE_TTL_PATIENT='ten' is not a whole number" in err
+
+
+def test_bad_setting_fails(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://cache:6379")
+    assert main(["--check", "--config", str(ROUTES)]) == 1
+    assert "error: environment: REDIS_URL must start with" in capsys.readouterr().err
+
+
+def test_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["--check", "--config", str(missing)]) == 1
+    assert f"error: {missing}: cannot read" in capsys.readouterr().err
+
+
+def test_config_from_sidecar_config_env(
+    bad_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR_CONFIG", str(bad_file))
+    assert main(["--check"]) == 1
+    assert str(bad_file) in capsys.readouterr().err
+
+
+def test_default_config_is_the_shipped_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(["--check"]) == 0
+    assert "config/routes.yaml: OK (3 rules" in capsys.readouterr().out
+
+
+def test_python_m_sidecar_check_exits_1_on_a_bad_file(bad_file: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--check", "--config", str(bad_file)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert f"error: {bad_file}: rule #1 'patient': key 'identity:patient:all'" in result.stderr
+    assert "Traceback" not in result.stderr
