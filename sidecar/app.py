@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.access_log import AccessLog
 from sidecar.admin import admin_app
 from sidecar.breaker import Breaker
 from sidecar.codec import build_codec
@@ -25,6 +26,7 @@ from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
 from sidecar.store import CacheStore
+from sidecar.telemetry import Telemetry
 from sidecar.upstream import Upstream
 from sidecar.variants import CredentialHasher
 
@@ -46,9 +48,11 @@ def build_store(settings: Settings) -> CacheStore:
 
 
 def build_runtime(
-    settings: Settings, rules: RuleSet, store: CacheStore | None = None
+    settings: Settings, rules: RuleSet, store: CacheStore | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Runtime:
-    metrics = Metrics()
+    telemetry = telemetry or Telemetry.from_env()
+    metrics = Metrics(telemetry.meter)
     cache = invalidator = None
     if settings.cache_enabled:
         cache = GuardedStore(
@@ -67,11 +71,11 @@ def build_runtime(
             cache, cache.store.client, cache.store.subscriber(), rules.service,
             lease_seconds=settings.lease_seconds, wait_seconds=settings.lease_seconds)
     return Runtime(
-        coordinator=coordinator,
+        coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
         hasher=CredentialHasher(settings.key_secret),
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
-        metrics=metrics, upstream=Upstream(settings),
+        metrics=metrics, upstream=Upstream(settings, telemetry), telemetry=telemetry,
     )
 
 
@@ -105,10 +109,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if rt.cache is not None:
         await rt.cache.store.close()
     await rt.upstream.close()
+    rt.telemetry.shutdown()
 
 
 def build_apps(
-    settings: Settings, rules: RuleSet, store: CacheStore | None = None
+    settings: Settings, rules: RuleSet, store: CacheStore | None = None,
+    telemetry: Telemetry | None = None,
 ) -> tuple[web.Application, web.Application]:
-    rt = build_runtime(settings, rules, store)
+    rt = build_runtime(settings, rules, store, telemetry)
     return proxy_app(rt), admin_app(rt)

@@ -63,7 +63,7 @@ class GuardedStore:
                 f" [backend={self.store.name}, breaker={self.breaker.state}]",
             )
             return default
-        self.metrics.cache_latency.labels(operation, prefix).observe(time.perf_counter() - start)
+        self.metrics.cache_time(operation, prefix, time.perf_counter() - start)
         self.breaker.success()
         self._set_gauge()
         return result

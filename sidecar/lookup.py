@@ -17,7 +17,13 @@ async def lookup(rt: Runtime, match: Match, field: str) -> Entry | None:
     if rt.invalidator.pending(match.key):
         return None
     prefix = match.rule.key_prefix
-    blob = await rt.cache.get(match.key, field, prefix)
+    if rt.telemetry.enabled:
+        with rt.telemetry.tracer.start_as_current_span("cache.lookup") as span:
+            blob = await rt.cache.get(match.key, field, prefix)
+            span.set_attributes({"sidecar.key_prefix": prefix, "sidecar.found": blob is not None,
+                                 "sidecar.cache.backend": rt.cache.store.name})
+    else:
+        blob = await rt.cache.get(match.key, field, prefix)
     if blob is None:
         return None
     try:

@@ -6,6 +6,7 @@ a rule's key prefix or name, an operation, a status code; never an id or a token
 
 from __future__ import annotations
 
+from opentelemetry.metrics import Meter, NoOpMeter
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -23,7 +24,9 @@ NO_RULE = "none"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """Prometheus families; the seed's three are mirrored to an OTLP meter when one is set."""
+
+    def __init__(self, meter: Meter | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created` series double the scrape for no use here
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.hits = Counter("cache_hits", "Requests answered from the cache.",
@@ -70,3 +73,21 @@ class Metrics:
                                registry=r)
         self.config_info = Gauge("config_info", "The loaded rules file (hash label).",
                                  ["hash"], registry=r)
+
+        meter = meter or NoOpMeter("sidecar")
+        self._otel_hits = meter.create_counter("cache_hits", description="Cache hits.")
+        self._otel_misses = meter.create_counter("cache_misses", description="Cache misses.")
+        self._otel_latency = meter.create_histogram(
+            "cache_latency_seconds", unit="s", description="Duration of cache operations.")
+
+    def hit(self, key_prefix: str) -> None:
+        self.hits.labels(key_prefix).inc()
+        self._otel_hits.add(1, {"key_prefix": key_prefix})
+
+    def miss(self, key_prefix: str) -> None:
+        self.misses.labels(key_prefix).inc()
+        self._otel_misses.add(1, {"key_prefix": key_prefix})
+
+    def cache_time(self, operation: str, key_prefix: str, seconds: float) -> None:
+        self.cache_latency.labels(operation, key_prefix).observe(seconds)
+        self._otel_latency.record(seconds, {"operation": operation, "key_prefix": key_prefix})

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
@@ -30,6 +31,7 @@ from sidecar.policy import (
 )
 from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, error, label, replay
 from sidecar.runtime import RUNTIME, Runtime
+from sidecar.telemetry import PROPAGATOR
 from sidecar.variants import accepted_codings, variant_field
 
 log = logging.getLogger("sidecar.proxy")
@@ -48,9 +50,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     start = time.perf_counter()
     outcome = Outcome()
-    response = await _route(request, rt, outcome)
+    if rt.telemetry.enabled:
+        with rt.telemetry.tracer.start_as_current_span(
+            f"proxy {request.method}", context=PROPAGATOR.extract(request.headers),
+            kind=SpanKind.SERVER,
+        ) as span:
+            response = await _route(request, rt, outcome)
+            span.update_name(f"{request.method} {outcome.rule}")
+            span.set_attributes({
+                "http.request.method": request.method, "sidecar.rule": outcome.rule,
+                "sidecar.cache": outcome.cache, "http.response.status_code": response.status})
+    else:
+        response = await _route(request, rt, outcome)
+    elapsed = time.perf_counter() - start
     rt.metrics.requests.labels(outcome.rule, outcome.cache, str(response.status)).observe(
-        time.perf_counter() - start)
+        elapsed)
+    rt.access_log.record(request, outcome.rule, outcome.cache, response.status, elapsed)
     return response
 
 
@@ -105,7 +120,7 @@ async def _cached(
     if entry is not None:
         remaining = entry.remaining(now)
         if remaining > 0:
-            rt.metrics.hits.labels(prefix).inc()
+            rt.metrics.hit(prefix)
             outcome.cache = HIT
             return replay(entry, now=now, head=head, x_cache=HIT,
                           status=cache_status("hit", f"ttl={int(remaining)}"),
@@ -115,13 +130,13 @@ async def _cached(
             rt.flights.background(
                 (match.key, field),
                 lambda: fetch(rt, match, field, request.raw_path, upstream_headers))
-            rt.metrics.hits.labels(prefix).inc()
+            rt.metrics.hit(prefix)
             rt.metrics.stale.labels(prefix, "revalidating").inc()
             outcome.cache = STALE
             return replay(entry, now=now, head=head, x_cache=STALE,
                           status=cache_status("hit", "fwd=stale", f"ttl={int(remaining)}"),
                           not_modified=_conditional(request, entry))
-    rt.metrics.misses.labels(prefix).inc()
+    rt.metrics.miss(prefix)
     outcome.cache = MISS
     return await _miss(request, rt, match, field, entry, refresh)
 
@@ -177,7 +192,7 @@ async def _miss(
 def _serve_stale_on_error(
     request: web.Request, rt: Runtime, match: Match, stale: Entry, now: float
 ) -> web.Response:
-    rt.metrics.hits.labels(match.rule.key_prefix).inc()
+    rt.metrics.hit(match.rule.key_prefix)
     rt.metrics.stale.labels(match.rule.key_prefix, "error").inc()
     return replay(stale, now=now, head=request.method == "HEAD", x_cache=STALE,
                   status=cache_status("hit", "fwd=stale", "detail=upstream-error"),

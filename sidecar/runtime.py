@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from sidecar.access_log import AccessLog
 from sidecar.codec import Codec
 from sidecar.coordination import Coordinator
 from sidecar.flights import Flights
@@ -17,6 +18,7 @@ from sidecar.invalidation import Invalidator
 from sidecar.metrics import Metrics
 from sidecar.rules import RuleSet
 from sidecar.settings import Settings
+from sidecar.telemetry import Telemetry
 from sidecar.upstream import Upstream
 from sidecar.variants import CredentialHasher
 
@@ -36,6 +38,8 @@ class Runtime:
     upstream: Upstream
     flights: Flights[Fetched] = field(default_factory=Flights)
     coordinator: Coordinator = field(default_factory=Coordinator)
+    telemetry: Telemetry = field(default_factory=Telemetry.from_env)
+    access_log: AccessLog = field(default_factory=lambda: AccessLog(0.0))
     clock: Callable[[], float] = time.time
     draining: bool = False
 

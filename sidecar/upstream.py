@@ -13,18 +13,22 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from yarl import URL
 
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.settings import Settings
+from sidecar.telemetry import PROPAGATOR, Telemetry
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 CHUNK = 64 * 1024
 
 
 class Upstream:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         self.base = settings.upstream_url
+        self.telemetry = telemetry
         self.timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.upstream_connect_timeout,
             sock_read=settings.upstream_read_timeout,
@@ -61,16 +65,38 @@ class Upstream:
         self, method: str, raw_target: str, headers: CIMultiDict[str], body: Any = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request; yield the response with its body still unread."""
-        assert self._session is not None, "Upstream.start() was not awaited"
         url = self.url(raw_target)
         attempts = 2 if body is None and method in _IDEMPOTENT else 1
+        span = None
+        if self.telemetry is not None and self.telemetry.enabled:
+            span = self.telemetry.tracer.start_span(f"upstream {method}", kind=SpanKind.CLIENT)
+            # Our span becomes the upstream's parent (W3C traceparent).
+            PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
+        try:
+            response = await self._send(method, url, headers, body, attempts)
+        except BaseException:
+            if span is not None:
+                span.set_status(StatusCode.ERROR)
+                span.end()
+            raise
+        if span is not None:
+            span.set_attribute("http.response.status_code", response.status)
+            span.end()
+        try:
+            yield response
+        finally:
+            response.release()
+
+    async def _send(
+        self, method: str, url: URL, headers: CIMultiDict[str], body: Any, attempts: int
+    ) -> aiohttp.ClientResponse:
+        assert self._session is not None, "Upstream.start() was not awaited"
         for attempt in range(attempts):
             try:
-                response = await self._session.request(
+                return await self._session.request(
                     method, url, headers=headers, data=body, allow_redirects=False,
                     compress=None, chunked=None,
                 )
-                break
             except aiohttp.ServerDisconnectedError as exc:
                 # A pooled keep-alive socket closed by the upstream (aiohttp#3609):
                 # retry once, idempotent requests without a body only.
@@ -81,10 +107,7 @@ class Upstream:
                 raise UpstreamTimeout("upstream did not answer in time") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from None
-        try:
-            yield response
-        finally:
-            response.release()
+        raise UpstreamUnavailable("upstream closed the connection")
 
 
 async def read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:

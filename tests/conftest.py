@@ -19,6 +19,7 @@ from sidecar.app import build_apps
 from sidecar.rules import load_rules, parse_rules
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
+from sidecar.telemetry import Telemetry
 from tests.redis_process import RedisProcess
 from upstream_stub.app import STATE, build_app
 from upstream_stub.settings import StubSettings
@@ -127,7 +128,7 @@ async def make_stack(
     clients: list[Client] = []
 
     async def build(env: dict[str, str] | None = None, rules_yaml: str | None = None,
-                    redis_url: str | None = None) -> Stack:
+                    redis_url: str | None = None, telemetry: Telemetry | None = None) -> Stack:
         values = {"UPSTREAM_URL": str(stub_server.make_url("")).rstrip("/"),
                   "REDIS_URL": redis_url or shared_redis.url,
                   "CACHE_KEY_SECRET": "test-secret", "SIDECAR_WARN_INTERVAL_S": "0.001",
@@ -135,7 +136,7 @@ async def make_stack(
         settings = Settings.from_env(values)
         rules = (parse_rules(rules_yaml.encode(), "test.yaml", values) if rules_yaml
                  else load_rules(ROUTES, values))
-        proxy_app, admin_app = build_apps(settings, rules)
+        proxy_app, admin_app = build_apps(settings, rules, telemetry=telemetry)
         pair = []
         for app in (proxy_app, admin_app):
             server = TestServer(app, host="127.0.0.1")

@@ -1,0 +1,100 @@
+"""Traces, OTLP metrics and the sampled JSON access log, checked with in-memory exporters."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from redis.asyncio import Redis
+
+from sidecar.logs import JsonFormatter
+from sidecar.telemetry import Telemetry
+from tests.conftest import StackFactory
+
+PATIENT = "/api/v1/patients/424242"
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_spans_per_request_with_cache_and_upstream_children(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    spans = InMemorySpanExporter()
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry.build(SimpleSpanProcessor(spans), reader)
+    stack = await make_stack(telemetry=telemetry)
+    await stack.proxy.get(PATIENT, headers={"traceparent": TRACEPARENT})
+    await stack.proxy.get(PATIENT, headers={"traceparent": TRACEPARENT})
+    finished = spans.get_finished_spans()
+    servers = [s for s in finished if s.kind == SpanKind.SERVER]
+    assert [s.name for s in servers] == ["GET patient", "GET patient"]
+    assert [s.attributes["sidecar.cache"] for s in servers] == ["MISS", "HIT"]  # type: ignore[index]
+    assert servers[0].attributes["http.response.status_code"] == 200  # type: ignore[index]
+    trace_id = int(TRACEPARENT.split("-")[1], 16)
+    assert all(s.context.trace_id == trace_id for s in finished)
+    lookups = [s for s in finished if s.name == "cache.lookup"]
+    upstream = [s for s in finished if s.kind == SpanKind.CLIENT]
+    assert len(lookups) == 2 and len(upstream) == 1
+    assert lookups[0].parent.span_id == servers[0].context.span_id  # type: ignore[union-attr]
+    for span in finished:
+        for value in (span.attributes or {}).values():
+            assert "424242" not in str(value) and "alice" not in str(value)
+    data = reader.get_metrics_data()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics  # type: ignore[union-attr]
+             for m in sm.metrics}
+    assert {"cache_hits", "cache_misses", "cache_latency_seconds"} <= names
+    scrape = (await stack.admin.get("/metrics", token=None)).body.decode()
+    assert scrape.count("# TYPE cache_hits_total counter") == 1
+
+
+async def test_traceparent_reaches_the_upstream_as_our_child(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    spans = InMemorySpanExporter()
+    stack = await make_stack(telemetry=Telemetry.build(SimpleSpanProcessor(spans),
+                                                       InMemoryMetricReader()))
+    echo = await stack.proxy.get("/api/v1/echo/headers", token=None,
+                                 headers={"traceparent": TRACEPARENT})
+    sent = dict((k.lower(), v) for k, v in echo.json()["headers"])["traceparent"]
+    client_span = next(s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT)
+    assert sent.split("-")[1] == TRACEPARENT.split("-")[1]
+    assert sent.split("-")[2] == f"{client_span.context.span_id:016x}"
+
+
+async def test_without_otlp_the_traceparent_passes_through_untouched(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await make_stack()
+    assert not stack.rt.telemetry.enabled
+    echo = await stack.proxy.get("/api/v1/echo/headers", token=None,
+                                 headers={"traceparent": TRACEPARENT})
+    assert ["traceparent", TRACEPARENT] in [[k.lower(), v] for k, v in echo.json()["headers"]]
+
+
+async def test_access_log_is_json_without_paths_ids_or_tokens(
+    make_stack: StackFactory, redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await make_stack({"SIDECAR_ACCESS_LOG_SAMPLE": "1"})
+    with caplog.at_level(logging.INFO, logger="sidecar.access"):
+        await stack.proxy.get(PATIENT, headers={"X-Request-Id": "req-1"})
+        await stack.proxy.get(PATIENT)
+    records = [r for r in caplog.records if r.name == "sidecar.access"]
+    lines = [json.loads(JsonFormatter().format(r)) for r in records]
+    assert [(x["rule"], x["cache"], x["status"]) for x in lines] == [
+        ("patient", "MISS", 200), ("patient", "HIT", 200)]
+    assert lines[0]["request_id"] == "req-1" and "duration_ms" in lines[0]
+    text = json.dumps(lines)
+    assert "424242" not in text and "alice" not in text and "/api" not in text
+
+
+async def test_access_log_sampling_off(
+    make_stack: StackFactory, redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await make_stack({"SIDECAR_ACCESS_LOG_SAMPLE": "0"})
+    with caplog.at_level(logging.INFO, logger="sidecar.access"):
+        await stack.proxy.get(PATIENT)
+    assert not [r for r in caplog.records if r.name == "sidecar.access"]
