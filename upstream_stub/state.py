@@ -23,9 +23,22 @@ class StubState:
     deleted: set[int] = field(default_factory=set)
     next_id: int = FIRST_CREATED_ID
     rng: random.Random = field(init=False)
+    _arrivals: asyncio.Condition = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.settings.seed)
+        self._arrivals = asyncio.Condition()
+
+    async def arrived(self, key: str) -> None:
+        """Count a request and wake whoever waits for it (`wait_for`)."""
+        self.hits[key] += 1
+        async with self._arrivals:
+            self._arrivals.notify_all()
+
+    async def wait_for(self, *keys: str) -> None:
+        """Until every `"METHOD path"` in keys has reached the stub at least once."""
+        async with self._arrivals:
+            await self._arrivals.wait_for(lambda: all(self.hits[k] for k in keys))
 
     def reset(self) -> None:
         self.hits.clear()

@@ -1,0 +1,75 @@
+"""The sidecar as a real process (`python -m sidecar`), for signals, reload and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.redis_process import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SidecarProcess:
+    def __init__(self, env: dict[str, str], config: Path | None = None) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.env = {**os.environ, "SIDECAR_PORT": str(self.port),
+                    "SIDECAR_ADMIN_PORT": str(self.admin_port), "SIDECAR_HOST": "127.0.0.1",
+                    "SIDECAR_ADMIN_HOST": "127.0.0.1", "REDIS_URL": "memory://",
+                    "CACHE_KEY_SECRET": "test", **env}
+        self.args = [sys.executable, "-m", "sidecar"] + (
+            ["--config", str(config)] if config else [])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def launch(self) -> None:
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    async def ready(self) -> None:
+        assert self.proc is not None
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.output())
+                try:
+                    async with session.get(self.admin + "/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.02)  # waiting for another process to listen
+        raise RuntimeError("sidecar did not become ready")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def exit_code(self, within: float) -> int:
+        assert self.proc is not None
+        return await asyncio.to_thread(self.proc.wait, within)
+
+    def output(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        out, _ = self.proc.communicate()
+        return out.decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,135 @@
+"""The real process: graceful drain on SIGTERM, hot reload by file change and SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import ROUTES, TOKEN_A
+from tests.sidecar_process import SidecarProcess
+from upstream_stub.app import STATE
+
+AUTH = {"Authorization": TOKEN_A}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def _upstream(stub_server: TestServer) -> dict[str, str]:
+    return {"UPSTREAM_URL": str(stub_server.make_url("")).rstrip("/")}
+
+
+async def _metric(session: aiohttp.ClientSession, sidecar: SidecarProcess, line: str,
+                  within: float = 10) -> None:
+    """Until the admin port reports `line` (the reload happened in another process)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        async with session.get(sidecar.admin + "/metrics") as r:
+            if line in await r.text():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{line!r} never appeared")
+
+
+async def _ttl(session: aiohttp.ClientSession, sidecar: SidecarProcess, pid: int) -> int:
+    path = f"/api/v1/patients/{pid}"
+    async with session.get(sidecar.base + path, headers=AUTH) as r:
+        assert r.status == 200
+    async with session.get(sidecar.base + path, headers=AUTH) as r:
+        assert r.headers["X-Cache"] == "HIT"
+        return int(r.headers["Cache-Status"].rsplit("ttl=", 1)[1])
+
+
+async def test_sigterm_drains_in_flight_requests(
+    stub_server: TestServer, session: aiohttp.ClientSession
+) -> None:
+    sidecar = SidecarProcess({**_upstream(stub_server), "SIDECAR_SHUTDOWN_TIMEOUT_S": "5"})
+    sidecar.launch()
+    await sidecar.ready()
+    try:
+        slow = asyncio.ensure_future(session.get(sidecar.base + "/api/v1/slow?ms=1500"))
+        stream = asyncio.ensure_future(
+            session.get(sidecar.base + "/api/v1/stream?chunks=15&delay_ms=100"))
+        await asyncio.wait_for(stub_server.app[STATE].wait_for(
+            "GET /api/v1/slow", "GET /api/v1/stream"), 5)  # both in flight upstream
+        sidecar.signal(signal.SIGTERM)
+        readiness = 200
+        while readiness == 200:  # readiness goes red while the slow request drains
+            async with session.get(sidecar.admin + "/readyz") as r:
+                readiness = r.status
+        assert readiness == 503
+        assert not slow.done()
+        async with await slow as r:
+            assert r.status == 200 and (await r.json()) == {"slept_ms": 1500}
+        async with await stream as r:
+            assert len(await r.read()) == 15 * 1024
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with session.get(sidecar.base + "/api/v1/slow?ms=1"):
+                pass
+        assert await sidecar.exit_code(within=10) == 0
+    finally:
+        sidecar.stop()
+    log = sidecar.output()
+    assert "draining" in log and '"stopped"' in log
+
+
+async def test_reload_on_file_change_and_rejection_keeps_the_last_good_rules(
+    stub_server: TestServer, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.read_text())
+    sidecar = SidecarProcess({**_upstream(stub_server), "SIDECAR_RELOAD_INTERVAL_S": "0.1"},
+                             config)
+    sidecar.launch()
+    await sidecar.ready()
+    try:
+        assert 590 < await _ttl(session, sidecar, 1) <= 600
+        config.write_text(ROUTES.read_text().replace("ttl: 600\n    ttl_env: CACHE_TTL_PATIENT",
+                                                     "ttl: 60\n    ttl_env: CACHE_TTL_PATIENT"))
+        await _metric(session, sidecar, 'config_reload_total{result="ok"} 1.0')
+        assert await _ttl(session, sidecar, 2) <= 60
+        config.write_text("rules: [{name: broken, path: nope}]\n")
+        await _metric(session, sidecar, 'config_reload_total{result="rejected"} 1.0')
+        async with session.get(sidecar.admin + "/readyz") as r:
+            assert r.status == 200
+        assert await _ttl(session, sidecar, 3) <= 60  # the last good rules are in force
+    finally:
+        sidecar.stop()
+    assert "rules reload rejected" in sidecar.output()
+
+
+async def test_reload_survives_a_configmap_symlink_swap_and_sighup(
+    stub_server: TestServer, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Kubernetes updates a ConfigMap directory by swapping the `..data` symlink."""
+    first, second = tmp_path / "..2026_01", tmp_path / "..2026_02"
+    first.mkdir()
+    second.mkdir()
+    (first / "routes.yaml").write_text(ROUTES.read_text())
+    os.symlink(first.name, tmp_path / "..data")
+    os.symlink("..data/routes.yaml", tmp_path / "routes.yaml")
+    sidecar = SidecarProcess({**_upstream(stub_server), "SIDECAR_RELOAD_INTERVAL_S": "3600"},
+                             tmp_path / "routes.yaml")
+    sidecar.launch()
+    await sidecar.ready()
+    try:
+        (second / "routes.yaml").write_text(ROUTES.read_text().replace(
+            "ttl: 600\n    ttl_env: CACHE_TTL_PATIENT", "ttl: 30\n    ttl_env: CACHE_TTL_PATIENT"))
+        os.symlink(second.name, tmp_path / "..data_tmp")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # the atomic swap
+        sidecar.signal(signal.SIGHUP)
+        await _metric(session, sidecar, 'config_reload_total{result="ok"} 1.0')
+        assert await _ttl(session, sidecar, 4) <= 30
+    finally:
+        sidecar.stop()
