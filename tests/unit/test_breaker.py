@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from sidecar.breaker import Breaker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.unit.conftest import Clock
 
 
 def opened(clock: Clock, failures: int = 3, cooldown: float = 2.0) -> Breaker:

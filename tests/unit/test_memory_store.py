@@ -5,19 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.memory_store import MemoryStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.unit.conftest import Clock
 
 
 @pytest.fixture
