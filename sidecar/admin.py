@@ -60,7 +60,8 @@ def _caller(request: web.Request, rt: Runtime) -> str | None:
     if token is None:
         return "loopback" if _is_loopback(rt.settings.admin_host) else None
     supplied = request.headers.get("Authorization", "")
-    if hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+    if hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"),
+                           f"Bearer {token}".encode()):
         return "admin-token"
     return None
 
@@ -104,10 +105,11 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
         return _json(409, error="cache_disabled", message="CACHE_ENABLED=false")
     service = rt.rules.service
     if scope == "key":
-        if not (target.startswith(service + ":") and SAFE_KEY.fullmatch(target)):
+        if not (SAFE_KEY.fullmatch(target) and target.rsplit(":", 1)[0] in rt.rules.prefixes):
             rt.metrics.purges.labels(scope, "bad-request").inc()
             return _json(400, error="bad_key",
-                         message=f"an exact key like {service}:patient:42 (no globs)")
+                         message=f"an exact key like {service}:patient:42 under one of "
+                                 f"{list(rt.rules.prefixes)} (no globs)")
         shown = f"{target.rsplit(':', 1)[0]}:#{_fingerprint(rt, target)}"
     else:
         if request.query.get("confirm") != "yes":

@@ -69,14 +69,18 @@ def build_runtime(
     if cache is not None and isinstance(cache.store, RedisStore):
         coordinator = RedisCoordinator(
             cache, cache.store.client, cache.store.subscriber(), rules.service,
-            lease_seconds=settings.lease_seconds, wait_seconds=settings.lease_seconds)
-    return Runtime(
+            lease_seconds=settings.lease_seconds,
+            wait_seconds=settings.lease_wait_seconds)
+    rt = Runtime(
         coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
         hasher=CredentialHasher(settings.key_secret),
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
         metrics=metrics, upstream=Upstream(settings, telemetry), telemetry=telemetry,
     )
+    if invalidator is not None:
+        invalidator.on_invalidate.append(rt.flights.forget)
+    return rt
 
 
 def proxy_app(rt: Runtime) -> web.Application:

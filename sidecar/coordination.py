@@ -35,6 +35,21 @@ class Lease:
         self.token = token  # None: coordination unavailable, proceed alone
 
 
+class Claim:
+    """Either a lease to fetch, or a wake-up armed before the lease was tried."""
+
+    __slots__ = ("lease", "message", "wakeup")
+
+    def __init__(self, lease: Lease | None, wakeup: asyncio.Future[None] | None = None,
+                 message: str = "") -> None:
+        self.lease = lease
+        self.wakeup = wakeup
+        self.message = message
+
+
+_ALONE = Claim(Lease("", None))
+
+
 class Coordinator:
     """No-op for the in-process store: single-flight already covers one process."""
 
@@ -46,14 +61,13 @@ class Coordinator:
     async def close(self) -> None:
         return None
 
-    async def lead(self, key: str, field: str) -> Lease | None:
-        """A lease to fetch, or None when another replica is fetching already."""
-        return Lease("", None)
+    async def claim(self, key: str, field: str, prefix: str) -> Claim:
+        return _ALONE
 
-    async def wait(self, key: str, field: str) -> bool:
+    async def wait(self, claim: Claim) -> bool:
         return False
 
-    async def release(self, lease: Lease, key: str, field: str, stored: bool) -> None:
+    async def release(self, lease: Lease, key: str, field: str, prefix: str) -> None:
         return None
 
 
@@ -70,7 +84,7 @@ class RedisCoordinator(Coordinator):
         self.channel = f"{service}:cache-filled"
         self.service = service
         self.lease_ms = int(lease_seconds * 1000)
-        self.wait_seconds = wait_seconds
+        self.wait_seconds = min(wait_seconds, lease_seconds)
         self._waiters: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -88,52 +102,53 @@ class RedisCoordinator(Coordinator):
         entity = key.split(":", 1)[1]
         return f"{self.service}:lease:{entity}:{hashlib.sha256(field.encode()).hexdigest()[:16]}"
 
-    @staticmethod
-    def _message(key: str, field: str) -> str:
-        return f"{key}\n{field}"
-
-    async def lead(self, key: str, field: str) -> Lease | None:
-        if not self._subscribed.is_set():
-            return Lease("", None)  # nobody could be woken: do not make anyone wait
-        name = self._name(key, field)
-        token = secrets.token_hex(8)
+    async def claim(self, key: str, field: str, prefix: str) -> Claim:
+        """Try the lease. Nobody waits unless Redis is healthy and a wake-up can arrive."""
+        if not self._subscribed.is_set() or self.cache.breaker.state != "closed":
+            return _ALONE
+        message = f"{key}\n{field}"
+        wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[message].add(wakeup)  # armed first: a fill cannot slip past us
+        name, token = self._name(key, field), secrets.token_hex(8)
 
         async def acquire() -> bool | None:
             return bool(await self.client.set(name, token, nx=True, px=self.lease_ms))
 
-        won = await self.cache.call("lease", key.rsplit(":", 1)[0], acquire, None)
-        if won is None:
-            return Lease(name, None)
-        return Lease(name, token) if won else None
+        won = await self.cache.call("lease", prefix, acquire, None)
+        if won is False:
+            return Claim(None, wakeup, message)
+        self._disarm(message, wakeup)
+        return Claim(Lease(name, token if won else None))
 
-    async def wait(self, key: str, field: str) -> bool:
-        """Wait to be woken for this variant; False on timeout."""
-        message = self._message(key, field)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[message].add(future)
+    async def wait(self, claim: Claim) -> bool:
+        """Until the lease holder fills the variant; False after `wait_seconds`."""
+        if claim.wakeup is None:
+            return False
         try:
             async with asyncio.timeout(self.wait_seconds):
-                await future
+                await claim.wakeup
             return True
         except TimeoutError:
             return False
         finally:
-            waiters = self._waiters.get(message)
-            if waiters is not None:
-                waiters.discard(future)
-                if not waiters:
-                    del self._waiters[message]
+            self._disarm(claim.message, claim.wakeup)
 
-    async def release(self, lease: Lease, key: str, field: str, stored: bool) -> None:
+    def _disarm(self, message: str, future: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(message)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[message]
+
+    async def release(self, lease: Lease, key: str, field: str, prefix: str) -> None:
         if lease.token is None:
             return
-        prefix = key.rsplit(":", 1)[0]
         token = lease.token
 
         async def release() -> None:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.eval(_RELEASE, 1, lease.name, token)
-                pipe.publish(self.channel, self._message(key, field))
+                pipe.publish(self.channel, f"{key}\n{field}")
                 await pipe.execute()
 
         await self.cache.call("release", prefix, release, None)

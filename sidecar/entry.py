@@ -66,8 +66,11 @@ class Entry:
                 ttl=int(meta["ttl"]),
                 initial_age=int(meta.get("a", 0)),
             )
-            if not math.isfinite(entry.stored_at):
-                raise CorruptEntry("stored_at is not a finite number")
+            if not (math.isfinite(entry.stored_at) and 0 < entry.ttl < 10**9
+                    and 0 <= entry.initial_age < 10**9 and 100 <= entry.status <= 599):
+                raise CorruptEntry("out-of-range header values")
             return entry
-        except (struct.error, ValueError, KeyError, TypeError) as exc:
-            raise CorruptEntry(str(exc)) from None
+        except CorruptEntry:
+            raise
+        except Exception as exc:  # anything a damaged value can provoke is a miss
+            raise CorruptEntry(type(exc).__name__) from None

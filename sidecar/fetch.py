@@ -7,12 +7,14 @@ variant gets the same `Fetched`, or the same exception.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
 from sidecar.entry import Entry
+from sidecar.errors import UpstreamUnavailable
 from sidecar.headers import STORED_RESPONSE_HEADERS, client_headers
 from sidecar.lookup import lookup
 from sidecar.matching import Match
@@ -21,6 +23,7 @@ from sidecar.runtime import Runtime
 from sidecar.upstream import read_capped
 
 OVERSIZED = "too-large"
+_AGE = re.compile(r"[0-9]{1,10}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,11 @@ def _from_replica(entry: Entry) -> Fetched:
                    replica=True)
 
 
+def _age(value: str | None) -> int:
+    """The upstream's `Age` (RFC 9111 §5.1), or 0 when absent or not a sane number."""
+    return int(value) if value is not None and _AGE.fullmatch(value.strip()) else 0
+
+
 def strong_etag(body: bytes) -> str:
     return '"sc-' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
@@ -53,23 +61,21 @@ async def fetch(
     and read what it stored, or fetch for themselves when the lease runs out.
     """
     assert rt.invalidator is not None and rt.cache is not None
-    lease = await rt.coordinator.lead(match.key, field)
-    if lease is None:
-        woken = await rt.coordinator.wait(match.key, field)
+    prefix = match.rule.key_prefix
+    claim = await rt.coordinator.claim(match.key, field, prefix)
+    if claim.lease is None:
+        woken = await rt.coordinator.wait(claim)
         entry = await lookup(rt, match, field)
         if entry is not None and entry.remaining(rt.clock()) > 0:
-            rt.metrics.coalesced.labels(match.rule.key_prefix, "replica").inc()
+            rt.metrics.coalesced.labels(prefix, "replica").inc()
             return _from_replica(entry)
         rt.metrics.coalesced.labels(
-            match.rule.key_prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
-    stored = False
+            prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
     try:
-        result = await _fetch_upstream(rt, match, field, raw_target, headers)
-        stored = result.entry is not None and result.not_stored is None
-        return result
+        return await _fetch_upstream(rt, match, field, raw_target, headers)
     finally:
-        if lease is not None:
-            await rt.coordinator.release(lease, match.key, field, stored)
+        if claim.lease is not None:
+            await rt.coordinator.release(claim.lease, match.key, field, prefix)
 
 
 async def _fetch_upstream(
@@ -82,6 +88,8 @@ async def _fetch_upstream(
     try:
         async with rt.upstream.request("GET", raw_target, headers) as up:
             rt.metrics.upstream.labels(match.rule.name).observe(time.perf_counter() - start)
+            if not 200 <= up.status <= 599:
+                raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
             out_headers = client_headers(up.headers)
             declared = up.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > cap:
@@ -90,30 +98,38 @@ async def _fetch_upstream(
             if not complete:
                 return Fetched(up.status, up.reason, out_headers, b"", None, OVERSIZED, True)
             status, reason = up.status, up.reason
-        not_stored = response_not_storable_reason(status, out_headers)
+        prefix = match.rule.key_prefix
+        if status in (401, 403):
+            # The caller's credentials no longer open this entity: drop their stale copy.
+            await rt.cache.drop_field(match.key, field, prefix)
+        # Judged on the headers as received: a `Connection: Set-Cookie` must not hide one.
+        not_stored = response_not_storable_reason(status, up.headers)
         if not_stored is not None:
             return Fetched(status, reason, out_headers, body, None, not_stored)
         if "ETag" not in out_headers:
             out_headers["ETag"] = strong_etag(body)
-        age = up.headers.get("Age", "0")
+        age = _age(up.headers.get("Age"))
+        if age >= match.rule.ttl:
+            return Fetched(status, reason, out_headers, body, None, "too-old")
         entry = Entry(
             status=status,
             headers=tuple((k, v) for k, v in out_headers.items()
                           if k.lower() in STORED_RESPONSE_HEADERS),
             body=body, stored_at=rt.clock(), ttl=match.rule.ttl,
-            initial_age=int(age) if age.isdigit() else 0,
+            initial_age=age,
         )
-        prefix = match.rule.key_prefix
         if ticket.poisoned or rt.invalidator.pending(match.key):
-            return Fetched(status, reason, out_headers, body, entry, "invalidated")
+            # Older than a write: the leader may answer with it, nobody else may reuse it.
+            return Fetched(status, reason, out_headers, body, None, "invalidated")
         stored = await rt.cache.put(
             match.key, field, rt.codec.seal(match.key, field, entry.encode()),
             match.rule.ttl + match.rule.stale.keep, prefix,
         )
         if stored and ticket.poisoned:
             # A write landed while we were storing: take our copy back out.
-            await rt.cache.drop_field(match.key, field, prefix)
-            return Fetched(status, reason, out_headers, body, entry, "invalidated")
+            if not await rt.cache.drop_field(match.key, field, prefix):
+                rt.invalidator.defer((match.key,))
+            return Fetched(status, reason, out_headers, body, None, "invalidated")
         return Fetched(status, reason, out_headers, body, entry, None if stored else "cache-error")
     finally:
         rt.invalidator.end(match.key, ticket)

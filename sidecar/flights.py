@@ -18,6 +18,7 @@ class Flights(Generic[T]):
     def __init__(self) -> None:
         self._running: dict[tuple[str, str], asyncio.Task[T]] = {}
         self._background: set[asyncio.Task[T]] = set()
+        self._tasks: set[asyncio.Task[T]] = set()  # every fetch, forgotten ones included
 
     def __len__(self) -> int:
         return len(self._running)
@@ -31,8 +32,16 @@ class Flights(Generic[T]):
         if task is None:
             task = asyncio.ensure_future(start())
             self._running[key] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             task.add_done_callback(lambda t: self._forget(key, t))
         return asyncio.shield(task), leader
+
+    def forget(self, keys: tuple[str, ...], prefix: str | None = None) -> None:
+        """New callers for these entities start a fresh fetch (a write made the old stale)."""
+        for running in [k for k in self._running
+                        if k[0] in keys or (prefix and k[0].startswith(prefix + ":"))]:
+            del self._running[running]
 
     def _forget(self, key: tuple[str, str], task: asyncio.Task[T]) -> None:
         if self._running.get(key) is task:
@@ -53,8 +62,8 @@ class Flights(Generic[T]):
 
     async def idle(self) -> None:
         """Until every running fetch and refresh has finished (for drain and tests)."""
-        while self._running:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def cancel_background(self) -> None:
         """Refreshes nobody waits for: cancelled first when the process drains."""
@@ -64,7 +73,7 @@ class Flights(Generic[T]):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def cancel_all(self) -> None:
-        tasks = list(self._running.values())
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -14,14 +14,17 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from sidecar.errors import UpstreamError, UpstreamTimeout
+from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.headers import client_headers, upstream_request_headers
+from sidecar.logs import RateLimitedWarning
 from sidecar.responses import BYPASS, cache_status, error, label
 from sidecar.runtime import Runtime
 from sidecar.upstream import CHUNK
 
 log = logging.getLogger("sidecar.proxy")
-OnHeaders = Callable[[int], Awaitable[None]]
+_warn = RateLimitedWarning(log, 10.0)
+# Called with the upstream status once its headers arrive, or None when it never answered.
+OnHeaders = Callable[[int | None], Awaitable[None]]
 
 
 def forwarded_headers(
@@ -54,13 +57,19 @@ async def forward(
         if "Content-Length" in request.headers:
             headers["Content-Length"] = request.headers["Content-Length"]
     start = time.perf_counter()
+    answered = False
     try:
         async with rt.upstream.request(request.method, request.raw_path, headers, body) as up:
             rt.metrics.upstream.labels(rule).observe(time.perf_counter() - start)
+            answered = True
             if on_headers is not None:
                 await on_headers(up.status)
+            if not 200 <= up.status <= 599:
+                raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
             return await _relay(request, up, x_cache, detail)
     except UpstreamError as exc:
+        if on_headers is not None and not answered:
+            await on_headers(None)
         return upstream_failure(rt, rule, exc, x_cache)
 
 
@@ -78,15 +87,22 @@ async def _relay(
     if request.method == "HEAD":
         await out.write_eof()
         return out
-    try:
-        async for chunk in up.content.iter_chunked(CHUNK):
+    chunks = up.content.iter_chunked(CHUNK)
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are gone already: the only honest signal left is a cut connection.
+            _warn.warn("upstream-cut", f"upstream body cut short ({type(exc).__name__}); "
+                                       "closing the client connection")
+            if request.transport is not None:
+                request.transport.abort()
+            return out
+        try:
             await out.write(chunk)
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        # Headers are gone already: the only honest signal left is a cut connection.
-        log.warning("upstream body cut short (%s); closing the client connection",
-                    type(exc).__name__)
-        if request.transport is not None:
-            request.transport.abort()
-        return out
+        except ConnectionError:
+            return out  # the client went away; nothing to report
     await out.write_eof()
     return out

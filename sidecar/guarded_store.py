@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from sidecar.breaker import Breaker
@@ -23,7 +22,6 @@ from sidecar.store import CacheStore
 
 T = TypeVar("T")
 log = logging.getLogger("sidecar.cache")
-_FAILURES = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 
 
 class GuardedStore:
@@ -52,7 +50,7 @@ class GuardedStore:
         except asyncio.CancelledError:
             self.breaker.abandon(permit)
             raise
-        except _FAILURES as exc:
+        except Exception as exc:  # any backend failure is a miss, never an error
             self.breaker.failure()
             self._set_gauge()
             reason = "timeout" if isinstance(exc, TimeoutError | RedisTimeout) else "error"
@@ -80,8 +78,11 @@ class GuardedStore:
             return True
         return await self.call("set", prefix, put, False)
 
-    async def drop_field(self, key: str, field: str, prefix: str) -> None:
-        await self.call("hdel", prefix, lambda: self.store.drop_field(key, field), None)
+    async def drop_field(self, key: str, field: str, prefix: str) -> bool:
+        async def drop() -> bool:
+            await self.store.drop_field(key, field)
+            return True
+        return await self.call("hdel", prefix, drop, False)
 
     async def delete(self, keys: list[str], prefix: str) -> int | None:
         """None when the delete could not be done (the caller must know: stale risk)."""

@@ -64,9 +64,11 @@ def upstream_request_headers(
         prior = ", ".join(out.getall("X-Forwarded-For", []))
         out.popall("X-Forwarded-For", None)
         out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    out.setdefault("X-Forwarded-Proto", scheme)
+    # Ours, not the client's: an upstream that builds links from them must not be steered.
+    out["X-Forwarded-Proto"] = scheme
+    out.popall("X-Forwarded-Host", None)
     if host:
-        out.setdefault("X-Forwarded-Host", host)
+        out["X-Forwarded-Host"] = host
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from sidecar.guarded_store import GuardedStore
 from sidecar.metrics import Metrics
@@ -35,6 +36,8 @@ class Invalidator:
         self._active: defaultdict[str, set[Ticket]] = defaultdict(set)
         self._pending: set[str] = set()
         self._retry: asyncio.Task[None] | None = None
+        # Told of every invalidation, so single-flight stops handing out older fetches.
+        self.on_invalidate: list[Callable[[tuple[str, ...], str | None], None]] = []
 
     def begin(self, key: str) -> Ticket:
         ticket = Ticket()
@@ -54,6 +57,8 @@ class Invalidator:
 
     def poison(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
         """In-flight fetches of these keys (or under `prefix:`) must not store."""
+        for hook in self.on_invalidate:
+            hook(keys, prefix)
         for key, tickets in self._active.items():
             if key in keys or (prefix is not None and key.startswith(prefix + ":")):
                 for ticket in tickets:
@@ -63,13 +68,14 @@ class Invalidator:
         self.poison(keys)
         if not keys:
             return
-        done = await self.cache.delete(list(keys), keys[0].rsplit(":", 1)[0])
+        done = await self.cache.delete(list(keys), "invalidation")
         if done is None:
-            self._defer(keys)
+            self.defer(keys)
         else:
             self.metrics.invalidations.labels(kind).inc(len(keys))
 
-    def _defer(self, keys: tuple[str, ...]) -> None:
+    def defer(self, keys: tuple[str, ...]) -> None:
+        """Bypass these keys until a retried delete reaches the store."""
         if len(self._pending) + len(keys) > MAX_PENDING:
             log.error("too many invalidations pending while the cache is unreachable; "
                       "entries may be served until their TTL ends")
@@ -82,7 +88,7 @@ class Invalidator:
         while self._pending:
             await asyncio.sleep(self.retry_every)
             keys = sorted(self._pending)
-            if await self.cache.delete(keys, "pending") is not None:
+            if await self.cache.delete(keys, "invalidation") is not None:
                 self._pending.difference_update(keys)
                 self.metrics.invalidations.labels("deferred").inc(len(keys))
 

@@ -75,29 +75,33 @@ def _allowed_query(rule: Rule, query: str | None) -> tuple[str, ...] | None:
 
 def match_writes(rules: RuleSet, raw_target: str) -> tuple[str, ...]:
     """Keys a successful write to this target invalidates (RFC 9111 §4.4)."""
-    path, _ = split_target(raw_target)
+    path = split_target(raw_target)[0].partition("#")[0]  # a fragment never reaches the service
     keys: list[str] = []
     for rule in rules.rules:
-        m = rule.loose.fullmatch(path)
-        if m is None:
-            continue
-        params = {name: _as_upstream_reads_it(value) for name, value in m.groupdict().items()}
-        key = rule.key_for(params)
-        if (rule.regex.fullmatch(rule.path_for(params)) and SAFE_KEY.fullmatch(key)
-                and all(_SAFE_VALUE.fullmatch(v) for v in params.values())):
-            keys.append(key)
-        keys.extend(rule.invalidates)
+        # The raw path with decoded ids, or the whole path decoded (`/patient%73/42`): the
+        # service decodes once, then reads the id.
+        for candidate, decoded in ((path, False), (unquote(path), True)):
+            m = rule.loose.fullmatch(candidate)
+            if m is None:
+                continue
+            params = {name: _as_upstream_reads_it(value, decoded)
+                      for name, value in m.groupdict().items()}
+            key = rule.key_for(params)
+            if (rule.regex.fullmatch(rule.path_for(params)) and SAFE_KEY.fullmatch(key)
+                    and all(_SAFE_VALUE.fullmatch(v) for v in params.values())):
+                keys.append(key)
+            keys.extend(rule.invalidates)
     for write in rules.writes:
         if write.regex.fullmatch(path):
             keys.extend(write.invalidates)
     return tuple(dict.fromkeys(keys))
 
 
-def _as_upstream_reads_it(raw: str) -> str:
+def _as_upstream_reads_it(raw: str, decoded: bool) -> str:
     """The id a FastAPI `int` path parameter would see: `042`, `%34%32`, `+42` -> `42`.
 
     A write through an odd spelling must still erase the entity it changed.
     """
-    text = unquote(raw)
+    text = (raw if decoded else unquote(raw)).strip()  # str.strip knows Unicode spaces
     m = _INTEGER.fullmatch(text) if len(text) <= 64 else None  # int() of 5,000 digits raises
     return str(int(m.group(1).replace("_", ""))) if m else text

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -84,8 +85,10 @@ async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.Str
         keys = match_writes(rules, target)
         invalidator = rt.invalidator
 
-        async def invalidate(status: int) -> None:
-            if 200 <= status < 300 and invalidator is not None:
+        async def invalidate(status: int | None) -> None:
+            # Anything but a definite refusal (4xx) may have changed the entity: a 5xx or a
+            # timeout can come after the commit. Erasing too much only costs a miss.
+            if invalidator is not None and not (status is not None and 400 <= status < 500):
                 await invalidator.invalidate(keys, "write")
 
         return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="method",
@@ -125,7 +128,7 @@ async def _cached(
             return replay(entry, now=now, head=head, x_cache=HIT,
                           status=cache_status("hit", f"ttl={int(remaining)}"),
                           not_modified=_conditional(request, entry))
-        if -remaining <= min(rule.stale.while_revalidate, rule.stale.max):
+        if -remaining <= min(rule.stale.while_revalidate, rule.stale.max) and not rt.draining:
             upstream_headers = forwarded_headers(request, strip_conditionals=True)
             rt.flights.background(
                 (match.key, field),
@@ -164,6 +167,12 @@ async def _miss(
     head = request.method == "HEAD"
     try:
         result = await future
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this request itself is being cancelled
+        # The shared fetch was cancelled under us (drain): fetch on our own.
+        return await forward(request, rt, rule=rule.name, x_cache=MISS, detail="uncached")
     except UpstreamError as exc:
         now = rt.clock()
         if stale is not None and _stale_if_error(stale, match, now):

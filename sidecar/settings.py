@@ -46,6 +46,7 @@ class Settings:
     redis_tls_key: str | None = None
     reload_interval: float = 5.0
     lease_seconds: float = 3.0
+    lease_wait_seconds: float = 1.0
     access_log_sample: float = 1.0
     admin_token: str | None = field(default=None, repr=False)
     encryption_key: str | None = field(default=None, repr=False)
@@ -137,6 +138,7 @@ class Settings:
             redis_tls_cert=env.get("REDIS_TLS_CERT_FILE") or None,
             redis_tls_key=env.get("REDIS_TLS_KEY_FILE") or None,
             lease_seconds=number("CACHE_LEASE_S", d.lease_seconds),
+            lease_wait_seconds=number("CACHE_LEASE_WAIT_S", d.lease_wait_seconds),
             reload_interval=number("SIDECAR_RELOAD_INTERVAL_S", d.reload_interval),
             access_log_sample=number("SIDECAR_ACCESS_LOG_SAMPLE", d.access_log_sample,
                                      minimum=-1e-9),
@@ -157,7 +159,7 @@ class Settings:
             if name in {"key_secret", "admin_token", "encryption_key",
                         "encryption_key_previous"}:
                 value = "set" if value else "unset"
-            elif name == "redis_url":
+            elif name in {"redis_url", "upstream_url"}:
                 value = _mask_url(str(value))
             out[name] = value
         return out

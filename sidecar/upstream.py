@@ -48,7 +48,7 @@ class Upstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             timeout=self.timeout,
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
         )
 
     async def close(self) -> None:
@@ -130,6 +130,8 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes
         raise UpstreamUnavailable(f"upstream body cut short: {type(exc).__name__}") from None
     body = b"".join(parts)
     declared = response.headers.get("Content-Length")
+    if response.status in (204, 304) or response.method == "HEAD":
+        return body, True  # these carry no body whatever Content-Length says
     if declared is not None and declared.isdigit() and int(declared) != len(body):
         raise UpstreamUnavailable("upstream body shorter than its Content-Length")
     return body, True

@@ -38,8 +38,11 @@ class CredentialHasher:
         cookie = headers.getall("Cookie", [])
         if not auth and not cookie:
             return ANONYMOUS
-        material = "\x00".join(["authorization", *auth, "cookie", *cookie]).encode()
-        return hmac.new(self._secret, material, hashlib.sha256).hexdigest()[:32]
+        # Length-prefixed, so no value can imitate a boundary; surrogateescape, because
+        # aiohttp hands over undecodable header bytes as surrogates.
+        material = "".join(f"{len(v)}:{v};" for v in ("authorization", *auth, "cookie", *cookie))
+        return hmac.new(self._secret, material.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()[:32]
 
 
 def accepted_codings(headers: CIMultiDictProxy[str]) -> frozenset[str]:

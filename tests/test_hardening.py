@@ -1,0 +1,111 @@
+"""Regressions from review: odd upstream headers, odd client bytes, writes racing reads."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from tests.conftest import TOKEN_A, Stack
+
+PATIENT = "/api/v1/patients/42"
+
+
+async def test_absurd_upstream_age_neither_breaks_nor_poisons(
+    stack: Stack, redis_client: Redis
+) -> None:
+    huge = {"X-Stub-Header": "Age: " + "9" * 400}
+    first = await stack.proxy.get(PATIENT, headers=huge)
+    second = await stack.proxy.get(PATIENT)
+    assert first.status == second.status == 200
+    assert second.x_cache == "HIT" and second.headers["Age"] == "0"
+
+
+async def test_entry_older_than_its_ttl_upstream_is_not_stored(
+    stack: Stack, redis_client: Redis
+) -> None:
+    reply = await stack.proxy.get(PATIENT, headers={"X-Stub-Header": "Age: 601"})
+    assert reply.status == 200 and "detail=too-old" in reply.headers["Cache-Status"]
+    assert await redis_client.exists("identity:patient:42") == 0
+
+
+async def test_set_cookie_named_in_connection_is_still_not_stored(
+    stack: Stack, redis_client: Redis
+) -> None:
+    hooks = [("X-Stub-Header", "Set-Cookie: a=b"), ("X-Stub-Header", "Connection: Set-Cookie")]
+    url = stack.proxy.base + PATIENT
+    async with stack.proxy.session.get(url, headers=[*hooks, ("Authorization", TOKEN_A)]) as r:
+        assert r.status == 200 and "Set-Cookie" not in r.headers
+    assert await redis_client.exists("identity:patient:42") == 0
+
+
+async def test_undecodable_credential_bytes_are_not_a_500(stack: Stack) -> None:
+    host, port = stack.proxy.base.removeprefix("http://").split(":")
+    for raw in (b"GET /api/v1/patients/42 HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+                b"GET /api/v1/patients/42 HTTP/1.1\r\nHost: x\r\n"
+                b"Cookie: s=\xc3\x28\r\nConnection: close\r\n\r\n"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        writer.close()
+        assert status < 500
+
+
+async def test_read_after_write_never_joins_an_older_fetch(stack: Stack) -> None:
+    """A slow GET is in flight; a PUT lands; the next GET must see the write."""
+    slow = asyncio.ensure_future(stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "400"}))
+    from upstream_stub.app import STATE
+    await asyncio.wait_for(stack.stub[STATE].wait_for(f"GET {PATIENT}"), 5)
+    put = await stack.proxy.request("PATCH", PATIENT, data=b'{"gender": "other"}',
+                                    headers={"Content-Type": "application/json"})
+    assert put.status == 200
+    after = await stack.proxy.get(PATIENT)
+    assert after.json()["gender"] == "other" and after.json()["meta"]["versionId"] == 2
+    old = await slow
+    assert old.json()["meta"]["versionId"] == 1  # started before the write: fine
+    assert (await stack.proxy.get(PATIENT)).json()["meta"]["versionId"] == 2
+
+
+async def test_writes_through_other_spellings_invalidate(
+    stack: Stack, redis_client: Redis
+) -> None:
+    for spelling in ("/api/v1/patient%73/42", "/api/v1/patients/42%C2%A0",
+                     "/api/v1/patients/42.0"):
+        await stack.proxy.get(PATIENT)
+        assert await redis_client.exists("identity:patient:42") == 1
+        await stack.proxy.request("PATCH", spelling, data=b"{}",
+                                  headers={"Content-Type": "application/json"})
+        assert await redis_client.exists("identity:patient:42") == 0, spelling
+
+
+async def test_failed_write_that_may_have_committed_still_invalidates(
+    stack: Stack, redis_client: Redis
+) -> None:
+    await stack.proxy.get(PATIENT)
+    reply = await stack.proxy.request("PUT", PATIENT, data=b"{}",
+                                      headers={"X-Stub-Status": "503"})
+    assert reply.status == 503
+    assert await redis_client.exists("identity:patient:42") == 0
+
+
+async def test_refused_refresh_drops_the_callers_copy(stack: Stack, redis_client: Redis) -> None:
+    await stack.proxy.get(PATIENT)
+    refused = await stack.proxy.get(PATIENT, headers={"Cache-Control": "no-cache",
+                                                      "X-Stub-Status": "401"})
+    assert refused.status == 401
+    assert (await stack.proxy.get(PATIENT)).x_cache == "MISS"
+
+
+async def test_client_forwarded_host_is_replaced(stack: Stack) -> None:
+    echo = await stack.proxy.get("/api/v1/echo/headers", token=None, headers={
+        "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "gopher"})
+    sent = {k.lower(): v for k, v in echo.json()["headers"]}
+    assert sent["x-forwarded-host"] != "evil.example"
+    assert sent["x-forwarded-proto"] == "http"
+
+
+async def test_purge_of_a_key_with_extra_segments_is_refused(stack: Stack) -> None:
+    reply = await stack.admin.request("DELETE", "/cache/identity:patient:4242:x", token=None)
+    assert reply.status == 400
