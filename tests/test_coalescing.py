@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
+from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 from redis.asyncio import Redis
 
 from sidecar.coordination import RedisCoordinator
 from sidecar.variants import variant_field
-from tests.conftest import TOKEN_A, TOKEN_B, Stack, StackFactory
+from tests.conftest import TOKEN_A, TOKEN_B, Client, Stack, StackFactory
+from tests.redis_process import RedisProcess
+from tests.sidecar_process import SidecarProcess
+from upstream_stub.app import STATE
 
 PATIENT = "/api/v1/patients/42"
 SLOW = {"X-Stub-Delay-Ms": "300"}
@@ -72,3 +76,29 @@ async def test_lease_holder_that_never_fills_lets_others_fetch(
     assert stack.upstream_hits(PATIENT) == 1
     metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
     assert 'scope="replica-timeout"' in metrics
+
+
+async def test_two_sidecar_processes_reach_the_upstream_at_most_twice(
+    stub_server: TestServer, shared_redis: RedisProcess, redis_client: Redis
+) -> None:
+    upstream = str(stub_server.make_url("")).rstrip("/")
+    sidecars = [SidecarProcess({"UPSTREAM_URL": upstream, "REDIS_URL": shared_redis.url})
+                for _ in range(2)]
+    for sidecar in sidecars:
+        sidecar.launch()
+    try:
+        for sidecar in sidecars:
+            await sidecar.ready()
+        clients = [Client(s.base) for s in sidecars]
+        replies = await asyncio.gather(*[c.get(PATIENT, headers=SLOW)
+                                         for c in clients for _ in range(25)])
+        for client in clients:
+            await client.close()
+        assert {r.status for r in replies} == {200}
+        assert len({r.body for r in replies}) == 1
+        hits = stub_server.app[STATE].hits[f"GET {PATIENT}"]
+        print(f"\n50 cold requests through 2 sidecar processes: {hits} upstream request(s)")
+        assert hits <= 2
+    finally:
+        for sidecar in sidecars:
+            sidecar.stop()
