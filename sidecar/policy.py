@@ -82,8 +82,11 @@ def not_modified(
             return False
         tags = {t.strip() for v in inm for t in v.split(",")}
         return "*" in tags or _weak(etag) in {_weak(t) for t in tags}
-    since, modified = _date(headers.get("If-Modified-Since")), _date(last_modified)
-    return since is not None and modified is not None and modified <= since
+    since = _date(headers.get("If-Modified-Since"))
+    if since is None:
+        return False
+    modified = _date(last_modified)
+    return modified is not None and modified <= since
 
 
 def _date(value: str | None) -> datetime | None:
