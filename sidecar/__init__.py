@@ -2,10 +2,15 @@
 
 Data flow, one module per step::
 
-    cli -> settings + rules (config) -> app (factory) -> proxy (handler)
-    proxy -> matching (which rule, which key) -> variants (which copy)
-          -> guarded_store (deadline, breaker) -> redis_store | memory_store
-          -> entry (bytes <-> response) -> policy (may it be stored/served?)
-          -> upstream (forward, stream) -> headers (hop-by-hop, X-Forwarded-For)
-    metrics, admin (ops port), server (signals, drain)
+    cli -> settings, rules (config) -> server (listeners, signals, reload) -> app (factory)
+    proxy (handler)
+      -> matching (rule, key) -> policy (may it use the cache?) -> variants (which copy)
+      -> lookup -> guarded_store (deadline, breaker) -> redis_store | memory_store
+                -> codec (AES-GCM seal) -> entry (bytes <-> stored response)
+      -> hit: responses (replay, 304, Age, Cache-Status)
+      -> miss: flights (single-flight) -> fetch -> coordination (cross-replica lease)
+               -> upstream (shared client session) -> policy (may it be stored?)
+      -> anything else: forward (stream both ways) -> headers (hop-by-hop, X-Forwarded-*)
+      -> writes: invalidation (erase what changed, retry while Redis is away)
+    metrics, telemetry (OTel), access_log, admin (metrics, probes, purge), reload, errors
 """
