@@ -37,7 +37,6 @@ class GuardedStore:
 
     async def call(
         self, operation: str, prefix: str, call: Callable[[], Awaitable[T]], default: T,
-        deadline: float | None = None,
     ) -> T:
         permit = self.breaker.allow()
         if permit is None:
@@ -45,7 +44,7 @@ class GuardedStore:
             return default
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(deadline or self.deadline):
+            async with asyncio.timeout(self.deadline):
                 result = await call()
         except asyncio.CancelledError:
             self.breaker.abandon(permit)
