@@ -74,7 +74,7 @@ def build_runtime(
     rt = Runtime(
         coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
-        hasher=CredentialHasher(settings.key_secret),
+        hasher=CredentialHasher(settings.key_secret, settings.credential_headers),
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
         metrics=metrics, upstream=Upstream(settings, telemetry), telemetry=telemetry,
     )

@@ -29,6 +29,7 @@ class Settings:
     admin_port: int = 9090
     cache_enabled: bool = True
     key_secret: bytes | None = field(default=None, repr=False)
+    credential_headers: tuple[str, ...] = ("Authorization", "Cookie")
     max_body_bytes: int = 1024 * 1024
     memory_max_bytes: int = 64 * 1024 * 1024
     redis_timeout: float = 0.1
@@ -98,6 +99,12 @@ class Settings:
             return default
 
         secret = env.get("CACHE_KEY_SECRET", "")
+        credentials = tuple(
+            h.strip() for h in env.get("CACHE_CREDENTIAL_HEADERS", "").split(",") if h.strip()
+        ) or d.credential_headers
+        if not {"authorization", "cookie"} <= {h.lower() for h in credentials}:
+            problems.append("environment: CACHE_CREDENTIAL_HEADERS must keep Authorization "
+                            "and Cookie (add headers, never remove those)")
         redis_url = text("REDIS_URL", d.redis_url)
         if not redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
             problems.append(
@@ -116,6 +123,7 @@ class Settings:
             admin_port=integer("SIDECAR_ADMIN_PORT", d.admin_port),
             cache_enabled=flag("CACHE_ENABLED", d.cache_enabled),
             key_secret=secret.encode() if secret else None,
+            credential_headers=credentials,
             max_body_bytes=integer("CACHE_MAX_BODY_BYTES", d.max_body_bytes),
             memory_max_bytes=integer("CACHE_MEMORY_MAX_BYTES", d.memory_max_bytes),
             redis_timeout=number("REDIS_TIMEOUT_MS", d.redis_timeout, scale=0.001),

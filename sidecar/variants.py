@@ -17,15 +17,22 @@ ANONYMOUS = "anon"
 _KNOWN_CODINGS = ("br", "deflate", "gzip", "zstd")
 
 
+DEFAULT_CREDENTIAL_HEADERS = ("Authorization", "Cookie")
+
+
 class CredentialHasher:
-    """Keyed hash of `Authorization` and `Cookie`.
+    """Keyed hash of the headers that say who the caller is (`CACHE_CREDENTIAL_HEADERS`,
+    by default `Authorization` and `Cookie`; add e.g. `X-Api-Key` if the service uses it).
 
     The secret must be shared by all replicas (`CACHE_KEY_SECRET`) for them to share
     entries of authenticated callers; without it each process draws a random secret,
     which is safe but means replicas (and restarts) do not share those entries.
     """
 
-    def __init__(self, secret: bytes | None) -> None:
+    def __init__(
+        self, secret: bytes | None, headers: tuple[str, ...] = DEFAULT_CREDENTIAL_HEADERS
+    ) -> None:
+        self.headers = headers
         self.shared = secret is not None
         self._secret = secret if secret is not None else secrets.token_bytes(32)
 
@@ -34,13 +41,16 @@ class CredentialHasher:
         return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()[:16]
 
     def fingerprint(self, headers: CIMultiDictProxy[str]) -> str:
-        auth = headers.getall("Authorization", [])
-        cookie = headers.getall("Cookie", [])
-        if not auth and not cookie:
+        parts: list[str] = []
+        for name in self.headers:
+            values = headers.getall(name, [])
+            if values:
+                parts += [name.lower(), *values]
+        if not parts:
             return ANONYMOUS
         # Length-prefixed, so no value can imitate a boundary; surrogateescape, because
         # aiohttp hands over undecodable header bytes as surrogates.
-        material = "".join(f"{len(v)}:{v};" for v in ("authorization", *auth, "cookie", *cookie))
+        material = "".join(f"{len(v)}:{v};" for v in parts)
         return hmac.new(self._secret, material.encode("utf-8", "surrogateescape"),
                         hashlib.sha256).hexdigest()[:32]
 

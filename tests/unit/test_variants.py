@@ -123,3 +123,21 @@ def test_variant_field_is_stable() -> None:
     assert variant_field("anon", frozenset({"br", "gzip"}), ("a=1", "b=2")) == variant_field(
         "anon", frozenset({"gzip", "br"}), ("a=1", "b=2"))
     assert variant_field("anon", frozenset({"br", "gzip"}), ()).split("|")[1] == "br+gzip"
+
+
+def test_extra_credential_headers_separate_callers() -> None:
+    hasher = CredentialHasher(SECRET, ("Authorization", "Cookie", "X-Api-Key"))
+    one = CIMultiDictProxy(CIMultiDict({"X-Api-Key": "k1"}))
+    two = CIMultiDictProxy(CIMultiDict({"X-Api-Key": "k2"}))
+    assert hasher.fingerprint(one) != hasher.fingerprint(two)
+    assert hasher.fingerprint(one) != "anon"
+    assert CredentialHasher(SECRET).fingerprint(one) == "anon"  # not listed: not identity
+
+
+def test_credential_headers_setting_cannot_drop_authorization() -> None:
+    from sidecar.errors import ConfigError
+    from sidecar.settings import Settings
+    assert Settings.from_env({"CACHE_CREDENTIAL_HEADERS": "Authorization, Cookie, X-Api-Key"}
+                             ).credential_headers == ("Authorization", "Cookie", "X-Api-Key")
+    with pytest.raises(ConfigError, match="CACHE_CREDENTIAL_HEADERS"):
+        Settings.from_env({"CACHE_CREDENTIAL_HEADERS": "X-Api-Key"})
