@@ -78,6 +78,13 @@ async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.Str
         return error(400, "bad_request_target",
                      "Only origin-form request targets (/path?query) are accepted.",
                      BYPASS, "bad-target")
+    coding = request.headers.get("Transfer-Encoding", "chunked").replace(" ", "").lower()
+    if coding != "chunked":
+        # aiohttp removes only the chunked framing; forwarding the rest without its header
+        # would hand the service a body in a coding it was not told about.
+        rt.metrics.bypass.labels("transfer-coding").inc()
+        return error(501, "transfer_coding_not_supported",
+                     "Only the chunked transfer coding is supported.", BYPASS, "transfer-coding")
     if rt.cache is None:
         rt.metrics.bypass.labels("disabled").inc()
         return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="disabled")

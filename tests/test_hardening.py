@@ -109,3 +109,14 @@ async def test_client_forwarded_host_is_replaced(stack: Stack) -> None:
 async def test_purge_of_a_key_with_extra_segments_is_refused(stack: Stack) -> None:
     reply = await stack.admin.request("DELETE", "/cache/identity:patient:4242:x", token=None)
     assert reply.status == 400
+
+
+async def test_transfer_codings_other_than_chunked_are_refused(stack: Stack) -> None:
+    host, port = stack.proxy.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
+                 b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    writer.close()
+    assert status in (400, 501)
