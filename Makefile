@@ -5,15 +5,21 @@ BIN := $(VENV)/bin
 STUB_PORT ?= 8000
 export UPSTREAM_URL ?= http://127.0.0.1:$(STUB_PORT)
 export REDIS_URL ?= memory://
+# The demo's admin port listens on loopback only, so purge works there without a token.
+export SIDECAR_ADMIN_HOST ?= 127.0.0.1
 
 .PHONY: install run test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-install: $(BIN)/python
+install: $(VENV)/.installed
+
+# Reinstalls only when the dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
 
 # Stand-in identity service on $(STUB_PORT), the sidecar on 8080 (admin 9090) in front.
 run: install

@@ -42,7 +42,8 @@ async def readyz(request: web.Request) -> web.Response:
         return _json(503, status="draining")
     backend = "disabled" if rt.cache is None else rt.cache.store.name
     return _json(200, status="ready", rules=rt.rules.digest, cache=backend,
-                 breaker="n/a" if rt.cache is None else rt.cache.breaker.state)
+                 breaker="n/a" if rt.cache is None else rt.cache.breaker.state,
+                 coordination=rt.coordinator.state)
 
 
 def _is_loopback(host: str) -> bool:
@@ -101,8 +102,6 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
         return _json(code, error="forbidden",
                      message="purge needs SIDECAR_ADMIN_TOKEN as a bearer token "
                              "(or an admin port bound to loopback)")
-    if rt.cache is None or rt.invalidator is None:
-        return _json(409, error="cache_disabled", message="CACHE_ENABLED=false")
     service = rt.rules.service
     if scope == "key":
         if not (SAFE_KEY.fullmatch(target) and target.rsplit(":", 1)[0] in rt.rules.prefixes):
@@ -121,14 +120,16 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
             return _json(400, error="bad_prefix",
                          message=f"prefix must be one of {list(rt.rules.prefixes)}")
         shown = target
-    store = rt.cache.store
+    store = rt.store
     try:
         async with asyncio.timeout(PURGE_TIMEOUT):
             if scope == "key":
-                rt.invalidator.poison((target,))
+                if rt.invalidator is not None:
+                    rt.invalidator.poison((target,))
                 removed = await store.delete([target])
             else:
-                rt.invalidator.poison(prefix=target)
+                if rt.invalidator is not None:
+                    rt.invalidator.poison(prefix=target)
                 removed = await store.delete_prefix(target)
     except (RedisError, OSError, TimeoutError) as exc:
         rt.metrics.purges.labels(scope, "error").inc()

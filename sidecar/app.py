@@ -53,10 +53,13 @@ def build_runtime(
 ) -> Runtime:
     telemetry = telemetry or Telemetry.from_env()
     metrics = Metrics(telemetry.meter)
+    # Built even with the cache off: the client connects lazily, and purge must work while
+    # the cache is rolled back, so re-enabling it does not serve records changed meanwhile.
+    store = store or build_store(settings)
     cache = invalidator = None
     if settings.cache_enabled:
         cache = GuardedStore(
-            store or build_store(settings),
+            store,
             Breaker(settings.breaker_failures, settings.breaker_cooldown),
             metrics,
             # Connect + command, with a little slack for the event loop.
@@ -72,7 +75,7 @@ def build_runtime(
             lease_seconds=settings.lease_seconds,
             wait_seconds=settings.lease_wait_seconds)
     rt = Runtime(
-        coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
+        store=store, coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
         hasher=CredentialHasher(settings.key_secret, settings.credential_headers),
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
@@ -110,8 +113,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if rt.invalidator is not None:
         await rt.invalidator.close()
     await rt.coordinator.close()
-    if rt.cache is not None:
-        await rt.cache.store.close()
+    await rt.store.close()
     await rt.upstream.close()
     rt.telemetry.shutdown()
 

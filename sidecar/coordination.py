@@ -55,6 +55,11 @@ class Coordinator:
 
     enabled = False
 
+    @property
+    def state(self) -> str:
+        """For /readyz: whether replicas can wake this one (informational only)."""
+        return "off"
+
     async def start(self) -> None:
         return None
 
@@ -88,6 +93,10 @@ class RedisCoordinator(Coordinator):
         self._waiters: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+
+    @property
+    def state(self) -> str:
+        return "subscribed" if self._subscribed.is_set() else "connecting"
 
     async def start(self) -> None:
         self._listener = asyncio.ensure_future(self._listen())

@@ -24,6 +24,16 @@ T = TypeVar("T")
 log = logging.getLogger("sidecar.cache")
 
 
+def _reraise_swallowed_cancel() -> None:
+    """Python 3.11's `asyncio.wait_for` (used inside redis-py) returns the inner result and
+    drops a cancellation that arrives as the inner call finishes (CPython gh-86296, fixed in
+    3.12); without this, a cancelled refresh or drain would run on to the upstream.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class GuardedStore:
     def __init__(
         self, store: CacheStore, breaker: Breaker, metrics: Metrics, deadline: float,
@@ -63,6 +73,7 @@ class GuardedStore:
         self.metrics.cache_time(operation, prefix, time.perf_counter() - start)
         self.breaker.success()
         self._set_gauge()
+        _reraise_swallowed_cancel()
         return result
 
     def _set_gauge(self) -> None:

@@ -62,7 +62,7 @@ class Metrics:
             "cache_coalesced", "Requests that waited for another's upstream fetch.",
             ["key_prefix", "scope"], registry=r)
         self.invalidations = Counter(
-            "cache_invalidations", "Entities erased, by kind (write, purge).",
+            "cache_invalidations", "Entities erased, by kind (write, deferred, purge).",
             ["kind"], registry=r)
         self.purges = Counter("cache_purges", "Purge requests on the admin port, by result.",
                               ["scope", "result"], registry=r)

@@ -18,6 +18,7 @@ from sidecar.invalidation import Invalidator
 from sidecar.metrics import Metrics
 from sidecar.rules import RuleSet
 from sidecar.settings import Settings
+from sidecar.store import CacheStore
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import Upstream
 from sidecar.variants import CredentialHasher
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 class Runtime:
     settings: Settings
     rules: RuleSet  # replaced whole on reload; a request keeps the one it started with
-    cache: GuardedStore | None  # None when CACHE_ENABLED=false
+    store: CacheStore  # the backend itself; only purge uses it directly
+    cache: GuardedStore | None  # the request path's view; None when CACHE_ENABLED=false
     invalidator: Invalidator | None
     hasher: CredentialHasher
     codec: Codec

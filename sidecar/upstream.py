@@ -103,6 +103,9 @@ class Upstream:
                 if attempt + 1 < attempts:
                     continue
                 raise UpstreamUnavailable(f"upstream closed the connection: {exc}") from None
+            except aiohttp.ConnectionTimeoutError:
+                # Could not even connect: unreachable (502), not slow (504).
+                raise UpstreamUnavailable("upstream connect timed out") from None
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 raise UpstreamTimeout("upstream did not answer in time") from None
             except aiohttp.ClientError as exc:

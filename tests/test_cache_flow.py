@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 
 from redis.asyncio import Redis
@@ -30,6 +31,16 @@ async def test_miss_then_hit_under_the_seed_key_with_the_rule_ttl(
     assert second.headers["ETag"] == first.headers["ETag"]
 
 
+async def test_a_hit_is_one_redis_round_trip(stack: Stack, redis_client: Redis) -> None:
+    await stack.proxy.get(PATIENT)
+    await redis_client.config_resetstat()
+    assert (await stack.proxy.get(PATIENT)).x_cache == "HIT"
+    stats = await redis_client.info("commandstats")
+    calls = {name: v["calls"] for name, v in stats.items()
+             if not name.startswith(("cmdstat_config", "cmdstat_info"))}
+    assert calls == {"cmdstat_hget": 1}
+
+
 async def test_each_route_uses_its_own_key(stack: Stack, redis_client: Redis) -> None:
     for path in ("/api/v1/professionals/123", "/api/v1/statistics/dashboard"):
         assert (await stack.proxy.get(path)).x_cache == "MISS"
@@ -46,6 +57,23 @@ async def test_env_overrides_the_yaml_ttl(make_stack: StackFactory, redis_client
     assert 30 < await redis_client.ttl("identity:patient:42") <= 30 + 900
     hit = await stack.proxy.get(PATIENT)
     assert int(hit.headers["Cache-Status"].rsplit("ttl=", 1)[1]) <= 30
+
+
+async def test_in_flight_requests_finish_under_the_rules_they_started_with(
+    stack: Stack, redis_client: Redis
+) -> None:
+    from dataclasses import replace
+
+    from upstream_stub.app import STATE
+    slow = asyncio.ensure_future(stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "200"}))
+    await asyncio.wait_for(stack.stub[STATE].wait_for(f"GET {PATIENT}"), 5)
+    old = stack.rt.rules
+    stack.rt.rules = replace(old, rules=tuple(replace(r, ttl=5, stale=replace(
+        r.stale, while_revalidate=0, if_error=0, max=0)) for r in old.rules))
+    assert (await slow).x_cache == "MISS"
+    assert await redis_client.ttl("identity:patient:42") > 600  # stored under the old rule
+    await stack.proxy.get("/api/v1/patients/43")
+    assert 0 < await redis_client.ttl("identity:patient:43") <= 5  # new requests: new rules
 
 
 async def test_age_counts_time_in_cache(stack: Stack) -> None:

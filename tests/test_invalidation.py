@@ -34,6 +34,8 @@ async def test_write_erases_every_variant_and_the_dashboard(
     assert await redis_client.exists("identity:patient:42", "identity:stats:dashboard") == 0
     after = await stack.proxy.get(PATIENT)
     assert after.x_cache == "MISS"
+    metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
+    assert 'cache_invalidations_total{kind="write"} 2.0' in metrics
     if method != "DELETE":
         assert after.json()["meta"]["versionId"] == 2
     else:
@@ -109,6 +111,22 @@ async def test_purge_needs_the_admin_token(make_stack: StackFactory, redis_clien
     ok = await stack.admin.request("DELETE", "/cache/identity:patient:42",
                                    token="Bearer s3cret")
     assert ok.status == 200 and ok.json() == {"scope": "key", "removed": 1}
+    assert await redis_client.exists("identity:patient:42") == 0
+    metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
+    assert 'cache_purges_total{result="denied",scope="key"} 2.0' in metrics
+    assert 'cache_purges_total{result="ok",scope="key"} 1.0' in metrics
+    assert 'cache_invalidations_total{kind="purge"} 1.0' in metrics
+
+
+async def test_purge_works_while_the_cache_is_rolled_back(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    on = await make_stack()
+    await _prime(on, PATIENT)
+    off = await make_stack({"CACHE_ENABLED": "false"})
+    reply = await off.admin.request("DELETE", "/cache?prefix=identity:patient&confirm=yes",
+                                    token=None)
+    assert reply.status == 200 and reply.json()["removed"] == 1
     assert await redis_client.exists("identity:patient:42") == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -82,6 +83,7 @@ async def test_sigterm_drains_in_flight_requests(
         sidecar.stop()
     log = sidecar.output()
     assert "draining" in log and '"stopped"' in log
+    assert log.count("holds response bodies in clear text") == 1
 
 
 async def test_reload_on_file_change_and_rejection_keeps_the_last_good_rules(
@@ -98,6 +100,8 @@ async def test_reload_on_file_change_and_rejection_keeps_the_last_good_rules(
         config.write_text(ROUTES.read_text().replace("ttl: 600\n    ttl_env: CACHE_TTL_PATIENT",
                                                      "ttl: 60\n    ttl_env: CACHE_TTL_PATIENT"))
         await _metric(session, sidecar, 'config_reload_total{result="ok"} 1.0')
+        new_hash = hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+        await _metric(session, sidecar, f'config_info{{hash="{new_hash}"}} 1.0')
         assert await _ttl(session, sidecar, 2) <= 60
         config.write_text("rules: [{name: broken, path: nope}]\n")
         await _metric(session, sidecar, 'config_reload_total{result="rejected"} 1.0')

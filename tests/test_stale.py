@@ -7,7 +7,7 @@ import asyncio
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from tests.conftest import Stack
+from tests.conftest import Stack, StackFactory
 
 PATIENT = "/api/v1/patients/42"
 
@@ -61,6 +61,26 @@ async def test_stale_if_error_when_upstream_is_down_or_slow(
     await stub_server.close()
     down = await stack.proxy.get(PATIENT)
     assert down.status == 200 and down.x_cache == "STALE" and down.body == first.body
+
+
+async def test_stale_if_error_when_upstream_times_out(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await make_stack({"UPSTREAM_READ_TIMEOUT_S": "0.2"})
+    first = await stack.proxy.get(PATIENT)
+    _advance(stack, 600 + 120)
+    reply = await stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "2000"})
+    assert reply.status == 200 and reply.x_cache == "STALE" and reply.body == first.body
+
+
+async def test_drain_cancels_background_refreshes(stack: Stack, redis_client: Redis) -> None:
+    await stack.proxy.get(PATIENT)
+    _advance(stack, 600 + 10)
+    stale = await stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "5000"})
+    assert stale.x_cache == "STALE" and len(stack.rt.flights) == 1
+    await asyncio.wait_for(stack.rt.flights.cancel_background(), 1)
+    assert len(stack.rt.flights) == 0
+    assert (await stack.proxy.get(PATIENT)).x_cache == "STALE"  # nothing was refreshed
 
 
 async def test_past_max_stale_the_error_is_shown(stack: Stack) -> None:
