@@ -13,8 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
 
 from tests.conftest import ROUTES, TOKEN_A
+from tests.redis_process import RedisProcess
 from tests.sidecar_process import SidecarProcess
 from upstream_stub.app import STATE
 
@@ -53,17 +55,21 @@ async def _ttl(session: aiohttp.ClientSession, sidecar: SidecarProcess, pid: int
 
 
 async def test_sigterm_drains_in_flight_requests(
-    stub_server: TestServer, session: aiohttp.ClientSession
+    stub_server: TestServer, session: aiohttp.ClientSession, redis_client: Redis,
+    shared_redis: RedisProcess,
 ) -> None:
-    sidecar = SidecarProcess({**_upstream(stub_server), "SIDECAR_SHUTDOWN_TIMEOUT_S": "5"})
+    sidecar = SidecarProcess({**_upstream(stub_server), "SIDECAR_SHUTDOWN_TIMEOUT_S": "5",
+                              "REDIS_URL": shared_redis.url})
     sidecar.launch()
     await sidecar.ready()
     try:
         slow = asyncio.ensure_future(session.get(sidecar.base + "/api/v1/slow?ms=1500"))
         stream = asyncio.ensure_future(
             session.get(sidecar.base + "/api/v1/stream?chunks=15&delay_ms=100"))
+        cached = asyncio.ensure_future(session.get(
+            sidecar.base + "/api/v1/patients/42", headers={**AUTH, "X-Stub-Delay-Ms": "1000"}))
         await asyncio.wait_for(stub_server.app[STATE].wait_for(
-            "GET /api/v1/slow", "GET /api/v1/stream"), 5)  # both in flight upstream
+            "GET /api/v1/slow", "GET /api/v1/stream", "GET /api/v1/patients/42"), 5)
         sidecar.signal(signal.SIGTERM)
         readiness = 200
         while readiness == 200:  # readiness goes red while the slow request drains
@@ -75,6 +81,9 @@ async def test_sigterm_drains_in_flight_requests(
             assert r.status == 200 and (await r.json()) == {"slept_ms": 1500}
         async with await stream as r:
             assert len(await r.read()) == 15 * 1024
+        async with await cached as r:  # a cache miss in flight: answered and stored
+            assert r.status == 200 and r.headers["X-Cache"] == "MISS"
+        assert await redis_client.exists("identity:patient:42") == 1
         with pytest.raises(aiohttp.ClientConnectionError):
             async with session.get(sidecar.base + "/api/v1/slow?ms=1"):
                 pass
