@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import time
@@ -59,7 +60,8 @@ async def test_sigterm_drains_in_flight_requests(
     shared_redis: RedisProcess,
 ) -> None:
     sidecar = SidecarProcess({**_upstream(stub_server), "SIDECAR_SHUTDOWN_TIMEOUT_S": "5",
-                              "REDIS_URL": shared_redis.url})
+                              "REDIS_URL": shared_redis.url,
+                              "CACHE_KEY_SECRET": "s3cret-value-xyz"})
     sidecar.launch()
     await sidecar.ready()
     try:
@@ -93,6 +95,11 @@ async def test_sigterm_drains_in_flight_requests(
     log = sidecar.output()
     assert "draining" in log and '"stopped"' in log
     assert log.count("holds response bodies in clear text") == 1
+    startup = json.loads(next(line for line in log.splitlines() if "sidecar listening" in line))
+    assert startup["settings"]["key_secret"] == "set"
+    assert [(r["name"], r["ttl"]) for r in startup["rules"]] == [
+        ("patient", 600), ("professional", 600), ("stats-dashboard", 300)]
+    assert "s3cret-value-xyz" not in log
 
 
 async def test_reload_on_file_change_and_rejection_keeps_the_last_good_rules(
