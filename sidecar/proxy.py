@@ -185,16 +185,18 @@ async def _miss(
         if stale is not None and _stale_if_error(stale, match, now):
             return _serve_stale_on_error(request, rt, match, stale, now)
         return upstream_failure(rt, rule.name, exc, MISS)
-    if result.status >= 500 and stale is not None and _stale_if_error(stale, match, rt.clock()):
-        return _serve_stale_on_error(request, rt, match, stale, rt.clock())
+    now = rt.clock()
+    if result.status >= 500 and stale is not None and _stale_if_error(stale, match, now):
+        return _serve_stale_on_error(request, rt, match, stale, now)
     if result.oversized or (not leader and result.entry is None):
         # Not shareable: this caller gets its own upstream exchange.
         return await forward(request, rt, rule=rule.name, x_cache=MISS,
                              detail=result.not_stored or "uncached")
-    if not leader:
+    if not leader or result.replica:
+        # Another request's fetch (here or in another replica) answers this one.
         assert result.entry is not None
-        rt.metrics.coalesced.labels(prefix, "process").inc()
-        now = rt.clock()
+        if not leader:
+            rt.metrics.coalesced.labels(prefix, "process").inc()
         return replay(result.entry, now=now, head=head, x_cache=MISS,
                       status=cache_status("fwd=miss", "collapsed"),
                       not_modified=_conditional(request, result.entry))
@@ -208,7 +210,8 @@ async def _miss(
 def _serve_stale_on_error(
     request: web.Request, rt: Runtime, match: Match, stale: Entry, now: float
 ) -> web.Response:
-    rt.metrics.hit(match.rule.key_prefix)
+    # Already counted as a miss (the cache had nothing fresh); the stale counter says why
+    # it was answered anyway.
     rt.metrics.stale.labels(match.rule.key_prefix, "error").inc()
     return replay(stale, now=now, head=request.method == "HEAD", x_cache=STALE,
                   status=cache_status("hit", "fwd=stale", "detail=upstream-error"),
