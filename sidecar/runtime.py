@@ -38,10 +38,10 @@ class Runtime:
     codec: Codec
     metrics: Metrics
     upstream: Upstream
+    coordinator: Coordinator
+    telemetry: Telemetry
+    access_log: AccessLog
     flights: Flights[Fetched] = field(default_factory=Flights)
-    coordinator: Coordinator = field(default_factory=Coordinator)
-    telemetry: Telemetry = field(default_factory=Telemetry.from_env)
-    access_log: AccessLog = field(default_factory=lambda: AccessLog(0.0))
     clock: Callable[[], float] = time.time
     draining: bool = False
 
