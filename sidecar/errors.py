@@ -35,7 +35,15 @@ class UpstreamTimeout(UpstreamError, asyncio.TimeoutError):
 
 
 class UpstreamUnavailable(UpstreamError, ConnectionError):
-    """The upstream refused, reset or garbled the connection."""
+    """The upstream refused, reset or garbled the connection.
+
+    `sent` is False only when no byte of the request can have reached the service (a
+    refused connection, a connect timeout): such a write cannot have committed anything.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class CacheUnavailable(SidecarError):

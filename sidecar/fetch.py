@@ -6,23 +6,30 @@ variant gets the same `Fetched`, or the same exception.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import time
 from dataclasses import dataclass
+from email.utils import formatdate
 
-from multidict import CIMultiDict
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.entry import Entry
-from sidecar.errors import UpstreamUnavailable
-from sidecar.headers import STORED_RESPONSE_HEADERS, client_headers
+from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.headers import COMPUTED_PER_ANSWER, client_headers
+from sidecar.logs import RateLimitedWarning
 from sidecar.lookup import lookup
 from sidecar.matching import Match
 from sidecar.policy import response_not_storable_reason
 from sidecar.runtime import Runtime
 from sidecar.upstream import read_capped
+from sidecar.upstream_framing import overflowed
 
 OVERSIZED = "too-large"
+_warn = RateLimitedWarning(logging.getLogger("sidecar.upstream"), 10.0)
 _AGE = re.compile(r"[0-9]{1,10}", re.ASCII)
 
 
@@ -36,6 +43,7 @@ class Fetched:
     not_stored: str | None  # why it was not stored (RFC 9211 detail), or None
     oversized: bool = False
     replica: bool = False  # filled by another replica while this one waited
+    handover: Handover | None = None  # oversized: the rest of the body, for the leader
 
 
 def _from_replica(entry: Entry) -> Fetched:
@@ -54,6 +62,7 @@ def strong_etag(body: bytes) -> str:
 
 async def fetch(
     rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
+    *, relay: bool = False,
 ) -> Fetched:
     """GET the upstream (HEAD misses too, so the answer can be stored) and store it.
 
@@ -72,7 +81,7 @@ async def fetch(
         rt.metrics.coalesced.labels(
             prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
     try:
-        return await _fetch_upstream(rt, match, field, raw_target, headers)
+        return await _fetch_upstream(rt, match, field, raw_target, headers, relay)
     finally:
         if claim.lease is not None:
             await rt.coordinator.release(claim.lease, match.key, field, prefix)
@@ -80,41 +89,49 @@ async def fetch(
 
 async def _fetch_upstream(
     rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
+    relay: bool,
 ) -> Fetched:
     assert rt.invalidator is not None and rt.cache is not None
     cap = rt.settings.max_body_bytes
     start = time.perf_counter()
     ticket = rt.invalidator.begin(match.key)
     try:
-        async with rt.upstream.request("GET", raw_target, headers) as up:
-            rt.metrics.upstream.labels(match.rule.name).observe(time.perf_counter() - start)
-            if not 200 <= up.status <= 599:
-                raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
-            out_headers = client_headers(up.headers)
-            declared = up.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > cap:
-                return Fetched(up.status, up.reason, out_headers, b"", None, OVERSIZED, True)
-            body, complete = await read_capped(up, cap)
-            if not complete:
-                return Fetched(up.status, up.reason, out_headers, b"", None, OVERSIZED, True)
-            status, reason = up.status, up.reason
+        try:
+            # One deadline for the whole fill: a drip-feeding upstream cannot hold it open.
+            async with asyncio.timeout(rt.settings.upstream_fill_timeout):
+                up = await rt.upstream.open("GET", raw_target, headers)
+                read: Fetched | _Read | None = None
+                try:
+                    read = await _read(rt, match, up, cap, start, relay)
+                finally:
+                    if not isinstance(read, Fetched) or read.handover is None:
+                        up.release()
+        except TimeoutError:
+            raise UpstreamTimeout("upstream fill exceeded UPSTREAM_FILL_TIMEOUT_S") from None
+        if isinstance(read, Fetched):
+            return read
+        assert read is not None
+        status, reason, raw_headers, out_headers, body = read
         prefix = match.rule.key_prefix
         if status in (401, 403):
             # The caller's credentials no longer open this entity: drop their stale copy.
             await rt.cache.drop_field(match.key, field, prefix)
         # Judged on the headers as received: a `Connection: Set-Cookie` must not hide one.
-        not_stored = response_not_storable_reason(status, up.headers)
+        not_stored = response_not_storable_reason(status, raw_headers)
         if not_stored is not None:
             return Fetched(status, reason, out_headers, body, None, not_stored)
         if "ETag" not in out_headers:
             out_headers["ETag"] = strong_etag(body)
-        age = _age(up.headers.get("Age"))
+        if "Date" not in out_headers:
+            # RFC 9110 §6.6.1: a cache records when a Date-less response was received.
+            out_headers["Date"] = formatdate(rt.clock(), usegmt=True)
+        age = _age(raw_headers.get("Age"))
         if age >= match.rule.ttl:
             return Fetched(status, reason, out_headers, body, None, "too-old")
         entry = Entry(
             status=status,
             headers=tuple((k, v) for k, v in out_headers.items()
-                          if k.lower() in STORED_RESPONSE_HEADERS),
+                          if k.lower() not in COMPUTED_PER_ANSWER),
             body=body, stored_at=rt.clock(), ttl=match.rule.ttl,
             initial_age=age,
         )
@@ -133,3 +150,57 @@ async def _fetch_upstream(
         return Fetched(status, reason, out_headers, body, entry, None if stored else "cache-error")
     finally:
         rt.invalidator.end(match.key, ticket)
+
+
+_Read = tuple[int, str | None, CIMultiDictProxy[str], CIMultiDict[str], bytes]
+
+
+async def _read(
+    rt: Runtime, match: Match, up: aiohttp.ClientResponse, cap: int, start: float,
+    relay: bool,
+) -> Fetched | _Read:
+    """The whole body, or a Fetched that ends the fill (not relayable, oversized)."""
+    rt.metrics.upstream.labels(match.rule.name).observe(time.perf_counter() - start)
+    if not 200 <= up.status <= 599:
+        raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
+    out_headers = client_headers(up.headers)
+    declared = up.headers.get("Content-Length", "")
+    body = b""
+    if not (declared.isdigit() and int(declared) > cap):
+        body, complete = await read_capped(up, cap)
+        if complete:
+            if overflowed(up):
+                # More bytes than its Content-Length: relay what it declared, never store.
+                _warn.warn("overflow", "upstream sent more body than its Content-Length; "
+                           "relayed the declared bytes, not stored, connection dropped")
+                return Fetched(up.status, up.reason, out_headers, body, None,
+                               "upstream-overflow")
+            return up.status, up.reason, up.headers, out_headers, body
+    # Too large to store: the caller that started the fill streams the rest of this very
+    # response (one upstream request); anyone else forwards on their own.
+    handover = Handover(up) if relay else None
+    return Fetched(up.status, up.reason, out_headers, body, None, OVERSIZED, True,
+                   handover=handover)
+
+
+class Handover:
+    """An upstream response, still open, passed from the fill to the caller that leads it.
+
+    Released if nobody takes it soon (the leader went away), so a connection never leaks.
+    """
+
+    __slots__ = ("_response", "_timer")
+
+    def __init__(self, response: aiohttp.ClientResponse, unclaimed_after: float = 5.0) -> None:
+        self._response: aiohttp.ClientResponse | None = response
+        self._timer = asyncio.get_running_loop().call_later(unclaimed_after, self.release)
+
+    def take(self) -> aiohttp.ClientResponse | None:
+        response, self._response = self._response, None
+        self._timer.cancel()
+        return response
+
+    def release(self) -> None:
+        response = self.take()
+        if response is not None:
+            response.release()

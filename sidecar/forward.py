@@ -18,12 +18,13 @@ from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.headers import client_headers, upstream_request_headers
 from sidecar.logs import RateLimitedWarning
 from sidecar.responses import BYPASS, cache_status, error, label
-from sidecar.runtime import Runtime
+from sidecar.runtime import RUNTIME, Runtime
 from sidecar.upstream import CHUNK
 
 log = logging.getLogger("sidecar.proxy")
 _warn = RateLimitedWarning(log, 10.0)
-# Called with the upstream status once its headers arrive, or None when it never answered.
+# Called with the upstream status once its headers arrive, or None when the request was
+# sent (it may have committed) but no answer came back. Not called when nothing was sent.
 OnHeaders = Callable[[int | None], Awaitable[None]]
 
 
@@ -31,7 +32,7 @@ def forwarded_headers(
     request: web.Request, *, strip_conditionals: bool = False
 ) -> CIMultiDict[str]:
     return upstream_request_headers(
-        request.headers, request.remote, request.scheme, request.host,
+        request.headers, request.remote, request.app[RUNTIME].settings.public_origin,
         strip_conditionals=strip_conditionals,
     )
 
@@ -66,16 +67,19 @@ async def forward(
                 await on_headers(up.status)
             if not 200 <= up.status <= 599:
                 raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
-            return await _relay(request, up, x_cache, detail)
+            return await relay(request, up, x_cache, detail)
     except UpstreamError as exc:
-        if on_headers is not None and not answered:
+        sent = not isinstance(exc, UpstreamUnavailable) or exc.sent
+        if on_headers is not None and not answered and sent:
             await on_headers(None)
         return upstream_failure(rt, rule, exc, x_cache)
 
 
-async def _relay(
-    request: web.Request, up: aiohttp.ClientResponse, x_cache: str, detail: str
+async def relay(
+    request: web.Request, up: aiohttp.ClientResponse, x_cache: str, detail: str,
+    head: bytes = b"",
 ) -> web.StreamResponse:
+    """Stream `up` to the client; `head` is body the cache fill has already read."""
     out = web.StreamResponse(status=up.status, reason=up.reason,
                              headers=client_headers(up.headers))
     fwd = "fwd=bypass" if x_cache == BYPASS else "fwd=miss"
@@ -88,6 +92,11 @@ async def _relay(
         await out.write_eof()
         return out
     chunks = up.content.iter_chunked(CHUNK)
+    if head:
+        try:
+            await out.write(head)
+        except ConnectionError:
+            return out
     while True:
         try:
             chunk = await anext(chunks)

@@ -18,11 +18,19 @@ HOP_BY_HOP = frozenset({
 # Never copied from the client: the proxy computes its own Host and Content-Length, and
 # aiohttp has already answered any `Expect: 100-continue`.
 _REQUEST_DROP = frozenset({"host", "content-length", "expect"})
-# Headers a stored response replays; everything else (Date, Set-Cookie, X-Request-Id,
-# Server, tracing ids) belongs to one exchange only.
-STORED_RESPONSE_HEADERS = frozenset({
-    "content-type", "content-encoding", "content-language", "content-location", "etag",
-    "last-modified", "cache-control", "expires", "vary", "link",
+# A stored response replays every end-to-end header of the miss that stored it (RFC 9111
+# §3.1), Date included; only these are computed again for each answer.
+COMPUTED_PER_ANSWER = frozenset({"age", "x-cache", "cache-status", "content-length"})
+# Request headers that tell an origin where and how it was reached, or which URL/method to
+# act on. A service may build links or route from them, and they are not part of the
+# variant, so a client's values never reach the upstream (web cache poisoning); the
+# forwarded host and proto come from SIDECAR_PUBLIC_ORIGIN instead.
+ORIGIN_STEERING = frozenset({
+    "forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+    "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl",
+    "x-original-url", "x-rewrite-url", "x-original-host", "x-host", "x-http-host-override",
+    "x-http-method-override", "x-http-method", "x-method-override", "front-end-https",
+    "x-url-scheme",
 })
 # Conditional headers are evaluated by the sidecar on cacheable routes, so the upstream
 # must return a full body that can be stored.
@@ -52,11 +60,13 @@ def client_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMult
 
 
 def upstream_request_headers(
-    headers: CIMultiDictProxy[str], peer: str | None, scheme: str, host: str | None,
+    headers: CIMultiDictProxy[str], peer: str | None, origin: tuple[str, str] | None,
     *, strip_conditionals: bool = False,
 ) -> CIMultiDict[str]:
-    """Headers to send upstream: end-to-end ones plus X-Forwarded-* for the caller."""
-    drop = set(_REQUEST_DROP)
+    """Headers to send upstream: end-to-end ones, X-Forwarded-For for the caller, and the
+    configured public origin (proto, host) as X-Forwarded-Proto/-Host, never the client's.
+    """
+    drop = _REQUEST_DROP | ORIGIN_STEERING
     if strip_conditionals:
         drop |= CONDITIONAL
     out = end_to_end(headers, drop)
@@ -64,11 +74,8 @@ def upstream_request_headers(
         prior = ", ".join(out.getall("X-Forwarded-For", []))
         out.popall("X-Forwarded-For", None)
         out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    # Ours, not the client's: an upstream that builds links from them must not be steered.
-    out["X-Forwarded-Proto"] = scheme
-    out.popall("X-Forwarded-Host", None)
-    if host:
-        out["X-Forwarded-Host"] = host
+    if origin is not None:
+        out["X-Forwarded-Proto"], out["X-Forwarded-Host"] = origin
     return out
 
 
@@ -77,5 +84,19 @@ def has_token(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str, toke
     for value in headers.getall(name, []):
         for part in value.split(","):
             if part.split("=", 1)[0].strip().lower() == token:
+                return True
+    return False
+
+
+def has_undecodable_value(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether a header value held bytes that are not UTF-8 (aiohttp keeps them as lone
+    surrogates). Such a value cannot be forwarded byte for byte, and a credential must
+    never be altered on the way, so the request is refused instead.
+    """
+    for value in headers.values():
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
                 return True
     return False

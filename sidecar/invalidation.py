@@ -15,10 +15,12 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from sidecar.guarded_store import GuardedStore
+from sidecar.logs import RateLimitedWarning
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.invalidation")
 MAX_PENDING = 10_000
+PREFIX_TIMEOUT = 10.0  # a SCAN over every entity under a prefix: seconds, not the hit budget
 
 
 class Ticket:
@@ -35,6 +37,8 @@ class Invalidator:
         self.retry_every = retry_every
         self._active: defaultdict[str, set[Ticket]] = defaultdict(set)
         self._pending: set[str] = set()
+        self._pending_prefixes: set[str] = set()
+        self._warn = RateLimitedWarning(log, 10.0)
         self._retry: asyncio.Task[None] | None = None
         # Told of every invalidation, so single-flight stops handing out older fetches.
         self.on_invalidate: list[Callable[[tuple[str, ...], str | None], None]] = []
@@ -53,6 +57,8 @@ class Invalidator:
 
     def pending(self, key: str) -> bool:
         """A write to `key` could not be propagated yet: do not read or store it."""
+        if self._pending_prefixes and key.rpartition(":")[0] in self._pending_prefixes:
+            return True
         return key in self._pending
 
     def poison(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
@@ -74,6 +80,36 @@ class Invalidator:
         else:
             self.metrics.invalidations.labels(kind).inc(len(keys))
 
+    async def invalidate_prefixes(self, prefixes: tuple[str, ...]) -> None:
+        """Erase every entity under these prefixes: a write hit one the sidecar cannot name.
+
+        The prefixes bypass the cache from now until the erase has reached the store.
+        """
+        for prefix in prefixes:
+            self.poison(prefix=prefix)
+        self._pending_prefixes.update(prefixes)
+        self._warn.warn("unsure-write", "a write addressed an id the sidecar cannot read; "
+                        f"erasing every entity under {', '.join(prefixes)}")
+        for prefix in prefixes:
+            self.metrics.conservative_erases.labels(prefix).inc()
+            await self._erase_prefix(prefix)
+        if self._pending_prefixes:
+            self._start_retry()
+
+    async def _erase_prefix(self, prefix: str) -> bool:
+        try:
+            async with asyncio.timeout(PREFIX_TIMEOUT):
+                removed = await self.cache.store.delete_prefix(prefix)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the prefix stays bypassed; the retry loop tries again
+            self._warn.warn("prefix-erase", f"erasing {prefix} failed ({type(exc).__name__}); "
+                            "bypassing it until a retry succeeds")
+            return False
+        self._pending_prefixes.discard(prefix)
+        self.metrics.invalidations.labels("conservative").inc(removed)
+        return True
+
     def defer(self, keys: tuple[str, ...]) -> None:
         """Bypass these keys until a retried delete reaches the store."""
         if len(self._pending) + len(keys) > MAX_PENDING:
@@ -81,14 +117,19 @@ class Invalidator:
                       "entries may be served until their TTL ends")
             return
         self._pending.update(keys)
+        self._start_retry()
+
+    def _start_retry(self) -> None:
         if self._retry is None or self._retry.done():
             self._retry = asyncio.ensure_future(self._retry_loop())
 
     async def _retry_loop(self) -> None:
-        while self._pending:
+        while self._pending or self._pending_prefixes:
             await asyncio.sleep(self.retry_every)
+            for prefix in sorted(self._pending_prefixes):
+                await self._erase_prefix(prefix)
             keys = sorted(self._pending)
-            if await self.cache.delete(keys, "invalidation") is not None:
+            if keys and await self.cache.delete(keys, "invalidation") is not None:
                 self._pending.difference_update(keys)
                 self.metrics.invalidations.labels("deferred").inc(len(keys))
 

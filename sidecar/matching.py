@@ -12,8 +12,8 @@ from urllib.parse import unquote
 
 from sidecar.rules import Rule, RuleSet
 
-# What pydantic's int parsing accepts: ` +4_2.00 ` is 42 to the upstream.
-_INTEGER = re.compile(r"\s*([+-]?[0-9]+(?:_[0-9]+)*)(?:\.0*)?\s*", re.ASCII)
+# What pydantic's int parsing accepts: ` +4_2.00 ` is 42 to the upstream, at any length.
+_INTEGER = re.compile(r"\s*([+-]?)([0-9]+(?:_[0-9]+)*)(?:\.0*)?\s*", re.ASCII)
 # Every parameter value must stay one key segment, whatever a rule's pattern allows.
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 # Last line of defence: whatever a rule's patterns allow, a key never leaves this alphabet.
@@ -73,35 +73,70 @@ def _allowed_query(rule: Rule, query: str | None) -> tuple[str, ...] | None:
     return tuple(sorted(pairs))
 
 
-def match_writes(rules: RuleSet, raw_target: str) -> tuple[str, ...]:
+@dataclass(frozen=True, slots=True)
+class WriteTarget:
+    """What a write to one target may have changed.
+
+    `keys` are entities (and listed keys) it addresses; `unsure` are the key prefixes of
+    rules whose path it hits with an id the sidecar cannot read the way the service would:
+    when in doubt, everything under them is erased.
+    """
+
+    keys: tuple[str, ...] = ()
+    unsure: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.unsure)
+
+
+def match_writes(rules: RuleSet, raw_target: str) -> WriteTarget:
     """Keys a successful write to this target invalidates (RFC 9111 §4.4)."""
     path = split_target(raw_target)[0].partition("#")[0]  # a fragment never reaches the service
+    # The raw path with decoded ids, or the whole path decoded (`/patient%73/42`,
+    # `/api%2Fv1%2Fpatients`): the service decodes once, then routes and reads the id.
+    candidates = ((path, False), (unquote(path), True))
     keys: list[str] = []
+    unsure: list[str] = []
     for rule in rules.rules:
-        # The raw path with decoded ids, or the whole path decoded (`/patient%73/42`): the
-        # service decodes once, then reads the id.
-        for candidate, decoded in ((path, False), (unquote(path), True)):
+        for candidate, decoded in candidates:
             m = rule.loose.fullmatch(candidate)
             if m is None:
                 continue
-            params = {name: _as_upstream_reads_it(value, decoded)
+            params = {name: as_upstream_reads_it(value, decoded)
                       for name, value in m.groupdict().items()}
             key = rule.key_for(params)
             if (rule.regex.fullmatch(rule.path_for(params)) and SAFE_KEY.fullmatch(key)
                     and all(_SAFE_VALUE.fullmatch(v) for v in params.values())):
                 keys.append(key)
+            elif not _never_cached(params):
+                unsure.append(rule.key_prefix)
             keys.extend(rule.invalidates)
     for write in rules.writes:
-        if write.regex.fullmatch(path):
+        if any(write.regex.fullmatch(candidate) for candidate, _ in candidates):
             keys.extend(write.invalidates)
-    return tuple(dict.fromkeys(keys))
+    return WriteTarget(tuple(dict.fromkeys(keys)), tuple(dict.fromkeys(unsure)))
 
 
-def _as_upstream_reads_it(raw: str, decoded: bool) -> str:
+def _never_cached(params: dict[str, str]) -> bool:
+    """Integer ids the rule's pattern refuses (`0`, `-5`, 19+ digits) were never stored;
+    anything else the sidecar could not read is a spelling it does not understand.
+    """
+    return all(_CANONICAL_INT.fullmatch(v) for v in params.values())
+
+
+_CANONICAL_INT = re.compile(r"-?[1-9][0-9]*|0", re.ASCII)
+
+
+def as_upstream_reads_it(raw: str, decoded: bool) -> str:
     """The id a FastAPI `int` path parameter would see: `042`, `%34%32`, `+42` -> `42`.
 
-    A write through an odd spelling must still erase the entity it changed.
+    Any length: pydantic reads `"0" * 5000 + "42"` as 42, so a write through that spelling
+    must still erase entity 42. No `int()` here (it refuses 4,300+ digits).
     """
     text = (raw if decoded else unquote(raw)).strip()  # str.strip knows Unicode spaces
-    m = _INTEGER.fullmatch(text) if len(text) <= 64 else None  # int() of 5,000 digits raises
-    return str(int(m.group(1).replace("_", ""))) if m else text
+    m = _INTEGER.fullmatch(text)
+    if m is None:
+        return text
+    sign, digits = m.groups()
+    digits = digits.replace("_", "").lstrip("0") or "0"
+    return "-" + digits if sign == "-" and digits != "0" else digits

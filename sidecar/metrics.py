@@ -64,6 +64,9 @@ class Metrics:
         self.invalidations = Counter(
             "cache_invalidations", "Entities erased, by kind (write, deferred, purge).",
             ["kind"], registry=r)
+        self.conservative_erases = Counter(
+            "cache_conservative_erases", "Writes to an id the sidecar could not read, which "
+            "erased every entity under the rule's prefix.", ["key_prefix"], registry=r)
         self.purges = Counter("cache_purges", "Purge requests on the admin port, by result.",
                               ["scope", "result"], registry=r)
         self.decrypt_failures = Counter(

@@ -19,8 +19,9 @@ from opentelemetry.trace import SpanKind
 
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
-from sidecar.fetch import Fetched, fetch
-from sidecar.forward import forward, forwarded_headers, upstream_failure
+from sidecar.fetch import OVERSIZED, Fetched, fetch
+from sidecar.forward import forward, forwarded_headers, relay, upstream_failure
+from sidecar.headers import has_undecodable_value
 from sidecar.lookup import lookup
 from sidecar.matching import Match, NoMatch, match_rule, match_writes
 from sidecar.metrics import NO_RULE
@@ -36,7 +37,9 @@ from sidecar.telemetry import PROPAGATOR
 from sidecar.variants import accepted_codings, variant_field
 
 log = logging.getLogger("sidecar.proxy")
-WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 §9.2.1: every other method, extensions included, may change the entity, and
+# its non-error response invalidates (RFC 9111 §4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 @dataclass(slots=True)
@@ -78,6 +81,10 @@ async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.Str
         return error(400, "bad_request_target",
                      "Only origin-form request targets (/path?query) are accepted.",
                      BYPASS, "bad-target")
+    if has_undecodable_value(request.headers):
+        rt.metrics.bypass.labels("bad-header").inc()
+        return error(400, "bad_header_value",
+                     "Header values must be ASCII or UTF-8.", BYPASS, "bad-header")
     coding = request.headers.get("Transfer-Encoding", "chunked").replace(" ", "").lower()
     if coding != "chunked":
         # aiohttp removes only the chunked framing; forwarding the rest without its header
@@ -88,18 +95,23 @@ async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.Str
     if rt.cache is None:
         rt.metrics.bypass.labels("disabled").inc()
         return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="disabled")
-    if method in WRITES:
-        keys = match_writes(rules, target)
+    if method not in SAFE_METHODS:
+        written = match_writes(rules, target)
         invalidator = rt.invalidator
 
         async def invalidate(status: int | None) -> None:
             # Anything but a definite refusal (4xx) may have changed the entity: a 5xx or a
-            # timeout can come after the commit. Erasing too much only costs a miss.
-            if invalidator is not None and not (status is not None and 400 <= status < 500):
-                await invalidator.invalidate(keys, "write")
+            # lost answer can come after the commit. Erasing too much only costs a miss.
+            if invalidator is None or (status is not None and 400 <= status < 500):
+                return
+            await invalidator.invalidate(written.keys, "write")
+            # An id the sidecar cannot read: the service refuses those (422), so only a
+            # success or a failure that may hide one erases the whole prefix, not a 3xx.
+            if written.unsure and (status is None or status < 300 or status >= 500):
+                await invalidator.invalidate_prefixes(written.unsure)
 
         return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="method",
-                             on_headers=invalidate if keys else None)
+                             on_headers=invalidate if written else None)
     decision = match_rule(rules, method, target)
     if isinstance(decision, NoMatch):
         outcome.rule = decision.rule.name if decision.rule else NO_RULE
@@ -148,11 +160,14 @@ async def _cached(
                           not_modified=_conditional(request, entry))
     rt.metrics.miss(prefix)
     outcome.cache = MISS
-    return await _miss(request, rt, match, field, entry, refresh)
+    return await _miss(request, rt, match, field, entry, refresh, outcome)
 
 
 def _conditional(request: web.Request, entry: Entry) -> bool:
-    return not_modified(request.headers, entry.header("ETag"), entry.header("Last-Modified"))
+    # RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is compared with the stored
+    # response's Date.
+    return not_modified(request.headers, entry.header("ETag"),
+                        entry.header("Last-Modified") or entry.header("Date"))
 
 
 def _stale_if_error(entry: Entry | None, match: Match, now: float) -> bool:
@@ -164,13 +179,14 @@ def _stale_if_error(entry: Entry | None, match: Match, now: float) -> bool:
 
 async def _miss(
     request: web.Request, rt: Runtime, match: Match, field: str, stale: Entry | None,
-    refresh: bool,
+    refresh: bool, outcome: Outcome,
 ) -> web.StreamResponse:
     rule, prefix = match.rule, match.rule.key_prefix
     upstream_headers = forwarded_headers(request, strip_conditionals=True)
     target = request.raw_path
     future, leader = rt.flights.join(
-        (match.key, field), lambda: fetch(rt, match, field, target, upstream_headers))
+        (match.key, field),
+        lambda: fetch(rt, match, field, target, upstream_headers, relay=True))
     head = request.method == "HEAD"
     try:
         result = await future
@@ -183,11 +199,19 @@ async def _miss(
     except UpstreamError as exc:
         now = rt.clock()
         if stale is not None and _stale_if_error(stale, match, now):
-            return _serve_stale_on_error(request, rt, match, stale, now)
+            return _serve_stale_on_error(request, rt, match, stale, now, outcome)
         return upstream_failure(rt, rule.name, exc, MISS)
     now = rt.clock()
     if result.status >= 500 and stale is not None and _stale_if_error(stale, match, now):
-        return _serve_stale_on_error(request, rt, match, stale, now)
+        return _serve_stale_on_error(request, rt, match, stale, now, outcome)
+    if result.oversized and leader:
+        rt.metrics.not_stored.labels(prefix, OVERSIZED).inc()
+        up = result.handover.take() if result.handover is not None else None
+        if up is not None:  # the rest of the fill's own response: one upstream request
+            try:
+                return await relay(request, up, MISS, OVERSIZED, head=result.body)
+            finally:
+                up.release()
     if result.oversized or (not leader and result.entry is None):
         # Not shareable: this caller gets its own upstream exchange.
         return await forward(request, rt, rule=rule.name, x_cache=MISS,
@@ -208,11 +232,14 @@ async def _miss(
 
 
 def _serve_stale_on_error(
-    request: web.Request, rt: Runtime, match: Match, stale: Entry, now: float
+    request: web.Request, rt: Runtime, match: Match, stale: Entry, now: float,
+    outcome: Outcome,
 ) -> web.Response:
     # Already counted as a miss (the cache had nothing fresh); the stale counter says why
-    # it was answered anyway.
+    # it was answered anyway, and the duration metric and access log say STALE, as the
+    # client's X-Cache does.
     rt.metrics.stale.labels(match.rule.key_prefix, "error").inc()
+    outcome.cache = STALE
     return replay(stale, now=now, head=request.method == "HEAD", x_cache=STALE,
                   status=cache_status("hit", "fwd=stale", "detail=upstream-error"),
                   not_modified=_conditional(request, stale))
@@ -224,7 +251,7 @@ def _fresh_response(
     headers = result.headers.copy()
     label(headers, MISS, status)
     if result.status == 200 and not_modified(
-        request.headers, headers.get("ETag"), headers.get("Last-Modified")
+        request.headers, headers.get("ETag"), headers.get("Last-Modified") or headers.get("Date")
     ):
         for name in ("Content-Type", "Content-Encoding", "Content-Language"):
             headers.popall(name, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Settings:
     breaker_cooldown: float = 2.0
     upstream_connect_timeout: float = 2.0
     upstream_read_timeout: float = 30.0
+    upstream_fill_timeout: float = 30.0
     upstream_keepalive: float = 4.0
     upstream_max_connections: int = 256
     shutdown_timeout: float = 20.0
@@ -53,6 +55,8 @@ class Settings:
     encryption_key: str | None = field(default=None, repr=False)
     encryption_key_previous: str | None = field(default=None, repr=False)
     warn_interval: float = 10.0
+    # (proto, host[:port]) sent upstream as X-Forwarded-Proto/-Host; None sends neither.
+    public_origin: tuple[str, str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +115,7 @@ class Settings:
                 f"environment: REDIS_URL must start with redis://, rediss://, unix:// or "
                 f"memory://, got scheme {redis_url.split(':', 1)[0]!r}"
             )
+        public_origin = _origin(env.get("SIDECAR_PUBLIC_ORIGIN", "").strip(), problems)
         upstream = text("UPSTREAM_URL", d.upstream_url).rstrip("/")
         if not upstream.startswith(("http://", "https://")):
             problems.append("environment: UPSTREAM_URL must be an http:// or https:// URL")
@@ -137,6 +142,7 @@ class Settings:
                 "UPSTREAM_CONNECT_TIMEOUT_S", d.upstream_connect_timeout
             ),
             upstream_read_timeout=number("UPSTREAM_READ_TIMEOUT_S", d.upstream_read_timeout),
+            upstream_fill_timeout=number("UPSTREAM_FILL_TIMEOUT_S", d.upstream_fill_timeout),
             upstream_keepalive=number("UPSTREAM_KEEPALIVE_S", d.upstream_keepalive),
             upstream_max_connections=integer(
                 "UPSTREAM_MAX_CONNECTIONS", d.upstream_max_connections
@@ -154,6 +160,7 @@ class Settings:
             encryption_key=env.get("CACHE_ENCRYPTION_KEY") or None,
             encryption_key_previous=env.get("CACHE_ENCRYPTION_KEY_PREVIOUS") or None,
             warn_interval=number("SIDECAR_WARN_INTERVAL_S", d.warn_interval),
+            public_origin=public_origin,
         )
         if problems:
             raise ConfigError(problems)
@@ -171,6 +178,24 @@ class Settings:
                 value = _mask_url(str(value))
             out[name] = value
         return out
+
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", re.ASCII)
+
+
+def _origin(raw: str, problems: list[str]) -> tuple[str, str] | None:
+    """`https://identity.example.org[:port]` as (proto, host): what links should say."""
+    if not raw:
+        return None
+    scheme, sep, rest = raw.rstrip("/").partition("://")
+    host, _, port = rest.rpartition(":") if rest.count(":") == 1 or "]:" in rest else (
+        rest, "", "")
+    if (not sep or scheme.lower() not in ("http", "https") or not _HOST.fullmatch(host)
+            or (port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536))):
+        problems.append(f"environment: SIDECAR_PUBLIC_ORIGIN={raw!r} must be an origin like "
+                        "https://identity.example.org or https://host:8443 (no path)")
+        return None
+    return scheme.lower(), rest
 
 
 def _mask_url(url: str) -> str:

@@ -20,6 +20,7 @@ from yarl import URL
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.settings import Settings
 from sidecar.telemetry import PROPAGATOR, Telemetry
+from sidecar.upstream_framing import framed_connector
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 CHUNK = 64 * 1024
@@ -37,7 +38,7 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
+        connector = framed_connector(
             limit=self._settings.upstream_max_connections,
             # Shorter than uvicorn's 5 s idle timeout, so pooled sockets are not reused
             # just as the upstream closes them.
@@ -65,6 +66,16 @@ class Upstream:
         self, method: str, raw_target: str, headers: CIMultiDict[str], body: Any = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request; yield the response with its body still unread."""
+        response = await self.open(method, raw_target, headers, body)
+        try:
+            yield response
+        finally:
+            response.release()
+
+    async def open(
+        self, method: str, raw_target: str, headers: CIMultiDict[str], body: Any = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request; the caller owns the response and must `release()` it."""
         url = self.url(raw_target)
         attempts = 2 if body is None and method in _IDEMPOTENT else 1
         span = None
@@ -82,10 +93,7 @@ class Upstream:
         if span is not None:
             span.set_attribute("http.response.status_code", response.status)
             span.end()
-        try:
-            yield response
-        finally:
-            response.release()
+        return response
 
     async def _send(
         self, method: str, url: URL, headers: CIMultiDict[str], body: Any, attempts: int
@@ -105,7 +113,11 @@ class Upstream:
                 raise UpstreamUnavailable(f"upstream closed the connection: {exc}") from None
             except aiohttp.ConnectionTimeoutError:
                 # Could not even connect: unreachable (502), not slow (504).
-                raise UpstreamUnavailable("upstream connect timed out") from None
+                raise UpstreamUnavailable("upstream connect timed out", sent=False) from None
+            except aiohttp.ClientConnectorError as exc:
+                # Refused, unresolvable, TLS handshake failed: nothing was sent.
+                raise UpstreamUnavailable(
+                    f"upstream unreachable: {type(exc).__name__}", sent=False) from None
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 raise UpstreamTimeout("upstream did not answer in time") from None
             except aiohttp.ClientError as exc:

@@ -63,8 +63,10 @@ def _path_id(request: web.Request) -> int:
     match = _INT.fullmatch(raw)
     try:
         if match:
-            return int(match.group(1))
-    except ValueError:  # beyond Python's int-from-str digit limit
+            # pydantic reads leading zeros at any length: `"0" * 5000 + "42"` is 42.
+            sign, digits = match.group(1)[:1], match.group(1).lstrip("+-").replace("_", "")
+            return int((sign if sign == "-" else "") + (digits.lstrip("0") or "0"))
+    except ValueError:  # a value beyond Python's int-from-str digit limit
         pass
     raise StubError(422, [{
         "type": "int_parsing", "loc": ["path", "id"], "input": raw,

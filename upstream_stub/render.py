@@ -112,6 +112,11 @@ async def render(
     headers["Content-Type"] = "application/json"
     headers["X-Request-Id"] = str(uuid.uuid4())
     if last_modified is not None:
+        # Like a service behind proxy-headers middleware: links built from the forwarded
+        # host and proto (the poisoning vector a cache must neutralise).
+        origin_host = request.headers.get("X-Forwarded-Host") or request.host
+        proto = request.headers.get("X-Forwarded-Proto") or request.scheme
+        headers["Link"] = f'<{proto}://{origin_host}{request.path}>; rel="self"'
         # Computed on the identity body, so gzip and identity variants share one validator.
         headers["ETag"] = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
         headers["Last-Modified"] = last_modified

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.matching import SAFE_KEY, Match, NoMatch, match_rule, match_writes
+from sidecar.matching import SAFE_KEY, Match, NoMatch, WriteTarget, match_rule, match_writes
 from sidecar.rules import RuleSet, load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,38 +154,58 @@ def test_parameter_value_with_a_colon_never_becomes_a_key() -> None:
 # -- writes -------------------------------------------------------------------------------
 
 
+def _keys(target: str) -> tuple[str, ...]:
+    return match_writes(RULES, target).keys
+
+
 def test_write_to_an_entity_invalidates_it_and_the_dashboard() -> None:
-    assert match_writes(RULES, "/api/v1/patients/42") == ("identity:patient:42", DASHBOARD)
-    assert match_writes(RULES, "/api/v1/patients/42?notify=1") == (
-        "identity:patient:42", DASHBOARD)
-    assert match_writes(RULES, "/api/v1/professionals/7") == (
-        "identity:professional:7", DASHBOARD)
+    assert match_writes(RULES, "/api/v1/patients/42") == WriteTarget(
+        ("identity:patient:42", DASHBOARD))
+    assert _keys("/api/v1/patients/42?notify=1") == ("identity:patient:42", DASHBOARD)
+    assert _keys("/api/v1/professionals/7") == ("identity:professional:7", DASHBOARD)
 
 
 def test_create_invalidates_the_dashboard_only() -> None:
-    assert match_writes(RULES, "/api/v1/patients") == (DASHBOARD,)
-    assert match_writes(RULES, "/api/v1/professionals") == (DASHBOARD,)
+    assert match_writes(RULES, "/api/v1/patients") == WriteTarget((DASHBOARD,))
+    assert _keys("/api/v1/professionals") == (DASHBOARD,)
+
+
+# The service decodes the path once before routing: these are all the collection.
+@pytest.mark.parametrize("spelling", ["/api/v1/patient%73", "/api/v1/%70atients",
+                                      "/api%2Fv1%2Fpatients", "/api/v1/professional%73"])
+def test_encoded_collection_writes_invalidate_the_dashboard(spelling: str) -> None:
+    assert _keys(spelling) == (DASHBOARD,)
 
 
 def test_write_elsewhere_invalidates_nothing() -> None:
-    assert match_writes(RULES, "/api/v1/other/42") == ()
-    assert match_writes(RULES, "/healthz") == ()
+    assert not match_writes(RULES, "/api/v1/other/42")
+    assert not match_writes(RULES, "/healthz")
 
 
 # The identity API parses an `int` path parameter like pydantic does (see upstream_stub
 # `_INT`): all of these address patient 42, so a write through them must erase it.
-@pytest.mark.parametrize("odd", ["042", "+42", "4_2", "%2042", "42%20", "%34%32", "%2B42"])
+@pytest.mark.parametrize("odd", ["042", "+42", "4_2", "%2042", "42%20", "%34%32", "%2B42",
+                                 "0" * 70 + "42", "0" * 5000 + "42", "%30" * 100 + "42",
+                                 "0_" * 40 + "42"])
 def test_write_to_a_non_canonical_id_invalidates_the_entity(odd: str) -> None:
-    assert match_writes(RULES, f"/api/v1/patients/{odd}") == ("identity:patient:42", DASHBOARD)
+    assert match_writes(RULES, f"/api/v1/patients/{odd}") == WriteTarget(
+        ("identity:patient:42", DASHBOARD))
 
 
-@pytest.mark.parametrize("odd", ["42.0", "42.00", "042.", "%2042.0"])
+@pytest.mark.parametrize("odd", ["42.0", "42.00", "042.", "%2042.0", "42." + "0" * 70,
+                                 "0" * 70 + "42." + "0" * 70])
 def test_write_to_a_decimal_spelling_invalidates_the_entity(odd: str) -> None:
-    assert "identity:patient:42" in match_writes(RULES, f"/api/v1/patients/{odd}")
+    assert "identity:patient:42" in _keys(f"/api/v1/patients/{odd}")
 
 
-@pytest.mark.parametrize("odd", ["42.0", "abc", "42%2F..%2F43", "%00", "4" * 5000])
-def test_write_to_an_unreadable_id_still_invalidates_the_dashboard(odd: str) -> None:
-    keys = match_writes(RULES, f"/api/v1/patients/{odd}")
-    assert DASHBOARD in keys
-    assert all(SAFE_KEY.fullmatch(k) for k in keys)
+@pytest.mark.parametrize("odd", ["0", "-5", "+0", "4" * 19, "4" * 5000])
+def test_write_to_an_id_no_rule_stores_erases_nothing_more(odd: str) -> None:
+    assert match_writes(RULES, f"/api/v1/patients/{odd}") == WriteTarget((DASHBOARD,))
+
+
+@pytest.mark.parametrize("odd", ["42.5", "abc", "42%2F..%2F43", "%00", "٤٢", "4e1"])
+def test_write_to_an_unreadable_id_is_unsure_about_the_whole_prefix(odd: str) -> None:
+    written = match_writes(RULES, f"/api/v1/patients/{odd}")
+    assert written.keys == (DASHBOARD,)
+    assert written.unsure == ("identity:patient",)
+    assert all(SAFE_KEY.fullmatch(k) for k in written.keys)

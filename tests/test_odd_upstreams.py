@@ -1,0 +1,139 @@
+"""Upstreams that frame badly, send too much, or drip: relay what is sound, store nothing
+that is not, and never hold a request past its deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+
+from tests.conftest import StackFactory
+
+PATIENT = "/api/v1/patients/42"
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_upstream(serve: Serve) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A hand-written HTTP/1.1 server; yields its URL and the request heads it read."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                await serve(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", heads
+    finally:
+        server.close()
+
+
+async def test_body_longer_than_content_length_relays_the_declared_bytes(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    async def overlong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 10\r\n\r\n" + b'{"id": 42}' + b"X" * 26)
+        await writer.drain()
+
+    async with raw_upstream(overlong) as (url, heads):
+        stack = await make_stack({"UPSTREAM_URL": url})
+        for _ in range(2):
+            reply = await stack.proxy.get(PATIENT)
+            assert reply.status == 200 and reply.body == b'{"id": 42}'
+            assert reply.x_cache == "MISS" and "upstream-overflow" in reply.headers["Cache-Status"]
+        passed = await stack.proxy.get("/api/v1/other")
+        assert passed.status == 200 and passed.body == b'{"id": 42}'
+    assert await redis_client.exists("identity:patient:42") == 0
+    assert len(heads) == 3  # one upstream request each, and the connection was not reused
+
+
+async def test_oversized_body_is_one_upstream_request_and_counted(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    big = b"x" * 5000
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(big), 1000):
+            writer.write(b"%x\r\n%s\r\n" % (1000, big[i:i + 1000]))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_upstream(large) as (url, heads):
+        stack = await make_stack({"UPSTREAM_URL": url, "CACHE_MAX_BODY_BYTES": "2048"})
+        reply = await stack.proxy.get(PATIENT)
+        assert reply.status == 200 and reply.body == big
+        assert "too-large" in reply.headers["Cache-Status"]
+        declared = await stack.proxy.get(PATIENT, headers={"X-Declared": "1"})
+        assert declared.body == big
+    assert len(heads) == 2
+    assert await redis_client.exists("identity:patient:42") == 0
+    metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
+    assert ('cache_not_stored_total{key_prefix="identity:patient",reason="too-large"} 2.0'
+            in metrics)
+
+
+async def test_declared_oversized_body_is_streamed_from_the_same_request(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    big = b"y" * 4096
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(big), big))
+        await writer.drain()
+
+    async with raw_upstream(large) as (url, heads):
+        stack = await make_stack({"UPSTREAM_URL": url, "CACHE_MAX_BODY_BYTES": "1024"})
+        reply = await stack.proxy.get(PATIENT)
+        assert reply.status == 200 and reply.body == big
+    assert len(heads) == 1
+
+
+async def test_a_dripping_upstream_hits_the_fill_deadline(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    async with raw_upstream(drip) as (url, _):
+        stack = await make_stack({"UPSTREAM_URL": url, "UPSTREAM_READ_TIMEOUT_S": "1",
+                                  "UPSTREAM_FILL_TIMEOUT_S": "1.5"})
+        start = time.monotonic()
+        reply = await stack.proxy.get(PATIENT)
+        elapsed = time.monotonic() - start
+    assert reply.status == 504
+    assert elapsed < 10  # the drip alone would take 20 s; each read is within 1 s
+
+
+async def test_stale_if_error_is_labelled_stale_in_metrics_and_log(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    live = await make_stack()
+    await live.proxy.get(PATIENT)
+    stack = await make_stack()
+    stack.rt.clock = lambda: time.time() + 700  # expired, within stale-if-error
+    reply = await stack.proxy.get(PATIENT, headers={"X-Stub-Status": "503"})
+    assert reply.status == 200 and reply.x_cache == "STALE"
+    metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
+    assert ('sidecar_request_duration_seconds_count{cache="STALE",rule="patient",status="200"}'
+            ' 1.0') in metrics
+    assert 'cache="MISS",rule="patient",status="200"' not in metrics
