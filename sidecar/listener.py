@@ -8,14 +8,22 @@
   start or from the first byte of the next request on a keep-alive connection. One timer
   handle per connection (`loop.call_at`); a request whose headers come in one read (the
   usual case on a kept connection) arms none.
+- **Bounded drain**: `RequestHandler.shutdown(timeout)` waits the timeout, then only fails the
+  request's body and waits it again before cancelling, so one request that outlives the budget
+  held SIGTERM for twice the budget. Here requests in flight get the budget once; those still
+  running are cancelled, get `CANCEL_GRACE_S` to unwind, and are counted in one log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiohttp import web
+
+log = logging.getLogger("sidecar")
+CANCEL_GRACE_S = 0.5
 
 
 class HeaderDeadlineHandler(web.RequestHandler):
@@ -67,7 +75,7 @@ class HeaderDeadlineHandler(web.RequestHandler):
 
 
 class BoundedServer(web.Server):
-    """aiohttp's server, building `HeaderDeadlineHandler`s."""
+    """Builds `HeaderDeadlineHandler`s; drains in one budget, then cuts and counts."""
 
     def __init__(self, handler: Any, *, listener: str, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -76,9 +84,46 @@ class BoundedServer(web.Server):
     def __call__(self) -> web.RequestHandler:
         return HeaderDeadlineHandler(self, loop=self._loop, **self._kwargs)
 
+    # The signature aiohttp's runner calls (`Server.shutdown(timeout)`).
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """In-flight requests get `timeout` once; the rest are cancelled and counted.
+
+        The runner has closed the listener and every connection already (idle ones end at
+        once, busy ones after their response), so waiting on each connection's task is
+        waiting for its request.
+        """
+        conns = list(self._connections)
+        running = {task: conn for conn in conns if (task := _task(conn)) is not None}
+        in_flight = sum(1 for conn in conns if conn._request_in_progress)
+        pending: set[asyncio.Task[None]] = set()
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+        cut = sum(1 for task in pending if running[task]._request_in_progress)
+        for task in pending:
+            task.cancel()  # and with it the request handler it awaits
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        for conn in conns:
+            conn.force_close()
+        self._connections.clear()
+        extra = {"listener": self.listener, "in_flight": in_flight, "cut_requests": cut,
+                 "timeout_s": timeout}
+        if cut:
+            log.warning("drain budget spent: in-flight requests cut", extra=extra)
+        else:
+            log.info("drained", extra=extra)
+
+
+def _task(conn: web.RequestHandler) -> asyncio.Task[None] | None:
+    """The connection's task while it still runs: it ends after the request in progress."""
+    task = conn._task_handler
+    if task is None and conn._current_request is not None:
+        task = conn._current_request.task  # the client left; the handler runs on
+    return task if task is not None and not task.done() else None
+
 
 class BoundedRunner(web.AppRunner):
-    """`web.AppRunner` serving through a `BoundedServer`: keep-alive and header limits."""
+    """`web.AppRunner` serving through a `BoundedServer`: keep-alive, header, drain limits."""
 
     __slots__ = ("_listener",)
 
