@@ -63,6 +63,13 @@ async def _exchange(conn: Conn) -> int:
     return int(lines[0].split(" ", 2)[1])
 
 
+async def _served_once(sidecar: SidecarProcess, opened: list[Conn]) -> Conn:
+    """A connection that had one request answered (sent at once: the timers run from connect)."""
+    conn = (await _connect(sidecar, opened, 1))[0]
+    assert await _exchange(conn) == 200
+    return conn
+
+
 async def _closed_by_server(conn: Conn, trickle: bytes | None = None) -> bytes:
     """Until the server closes the connection, sending `trickle` meanwhile; what it sent."""
     reader, writer = conn
@@ -102,16 +109,14 @@ async def test_silent_and_slow_header_senders_are_cut_at_the_header_deadline(
     # Keep-alive far above the test's bound: only the header deadline can close these.
     sidecar = await _sidecar(stub_server, keepalive="300", header="1")
     try:
-        kept = (await _connect(sidecar, opened, 1))[0]
-        assert await _exchange(kept) == 200  # idle from here on: keep-alive, not headers
+        kept = await _served_once(sidecar, opened)  # idle from here on: keep-alive, not headers
         silent = await _connect(sidecar, opened, 50)
         slow = await _connect(sidecar, opened, 50)
         for _, writer in slow:
             writer.write(PARTIAL)
-        resumed = await _connect(sidecar, opened, 10)
-        for conn in resumed:  # one whole request, then the next one's headers never end
-            assert await _exchange(conn) == 200
-            conn[1].write(PARTIAL)
+        resumed = [await _served_once(sidecar, opened) for _ in range(10)]
+        for _, writer in resumed:  # one whole request, then the next one's headers never end
+            writer.write(PARTIAL)
         attack = asyncio.ensure_future(_all_closed(
             (asyncio.ensure_future(_closed_by_server(c)) for c in silent),
             (asyncio.ensure_future(_closed_by_server(c, TRICKLE)) for c in slow),
@@ -133,9 +138,7 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout(
     sidecar = await _sidecar(stub_server, keepalive="1", header="300")
     try:
         never_sent = await _connect(sidecar, opened, 50)
-        after_a_request = await _connect(sidecar, opened, 50)
-        for conn in after_a_request:
-            assert await _exchange(conn) == 200
+        after_a_request = [await _served_once(sidecar, opened) for _ in range(50)]
         idle = asyncio.ensure_future(_all_closed(
             (asyncio.ensure_future(_closed_by_server(c)) for c in never_sent),
             (asyncio.ensure_future(_closed_by_server(c)) for c in after_a_request)))
