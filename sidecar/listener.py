@@ -70,7 +70,7 @@ class HeaderDeadlineHandler(web.RequestHandler):
 
     def _header_deadline_passed(self) -> None:
         self._header_handle = None
-        if self._idle():  # still no complete request: close, without an answer (as nginx)
+        if self._idle():  # still no complete request: close, without an answer
             self.force_close()
 
 
