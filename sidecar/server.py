@@ -1,8 +1,10 @@
 """Run the proxy and admin listeners; reload on SIGHUP; drain on SIGTERM.
 
 Shutdown order matters on Kubernetes: readiness goes red first, then the listener closes,
-in-flight requests (cached or streaming) get `SIDECAR_SHUTDOWN_TIMEOUT_S` to finish,
-background refreshes are cancelled, and only then Redis and upstream connections close.
+in-flight requests (cached or streaming) get `SIDECAR_SHUTDOWN_TIMEOUT_S` to finish (once:
+those still running are then cut and counted, see `listener.py`), background refreshes are
+cancelled, and only then Redis and upstream connections close. Both listeners close idle
+connections and slow header senders (`SIDECAR_KEEPALIVE_TIMEOUT_S`, `SIDECAR_HEADER_TIMEOUT_S`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.app import build_apps
+from sidecar.listener import BoundedRunner
 from sidecar.reload import Reloader
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME
@@ -26,15 +29,15 @@ log = logging.getLogger("sidecar")
 async def serve(settings: Settings, rules: RuleSet, rules_path: Path) -> None:
     proxy, admin = build_apps(settings, rules)
     rt = proxy[RUNTIME]
-    proxy_runner = web.AppRunner(proxy, access_log=None,
-                                 shutdown_timeout=settings.shutdown_timeout)
-    admin_runner = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
+    limits = {"keepalive_timeout": settings.keepalive_timeout,
+              "header_timeout": settings.header_timeout}
+    proxy_runner = BoundedRunner(proxy, listener="proxy",
+                                 shutdown_timeout=settings.shutdown_timeout, **limits)
+    admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=1.0, **limits)
     await proxy_runner.setup()
     await admin_runner.setup()
-    await web.TCPSite(admin_runner, settings.admin_host, settings.admin_port,
-                      shutdown_timeout=1.0).start()
-    await web.TCPSite(proxy_runner, settings.host, settings.port,
-                      shutdown_timeout=settings.shutdown_timeout).start()
+    await web.TCPSite(admin_runner, settings.admin_host, settings.admin_port).start()
+    await web.TCPSite(proxy_runner, settings.host, settings.port).start()
     _log_startup(settings, rules, rt.codec.encrypted, rt.hasher.shared)
 
     reloader = Reloader(rt, rules_path)

@@ -44,6 +44,8 @@ class Settings:
     upstream_keepalive: float = 4.0
     upstream_max_connections: int = 256
     shutdown_timeout: float = 20.0
+    keepalive_timeout: float = 75.0  # idle client connection (nginx keepalive_timeout)
+    header_timeout: float = 60.0  # to receive a request's headers (nginx client_header_timeout)
     redis_tls_ca: str | None = None
     redis_tls_cert: str | None = None
     redis_tls_key: str | None = None
@@ -148,6 +150,8 @@ class Settings:
                 "UPSTREAM_MAX_CONNECTIONS", d.upstream_max_connections
             ),
             shutdown_timeout=number("SIDECAR_SHUTDOWN_TIMEOUT_S", d.shutdown_timeout),
+            keepalive_timeout=number("SIDECAR_KEEPALIVE_TIMEOUT_S", d.keepalive_timeout),
+            header_timeout=number("SIDECAR_HEADER_TIMEOUT_S", d.header_timeout),
             redis_tls_ca=env.get("REDIS_TLS_CA_FILE") or None,
             redis_tls_cert=env.get("REDIS_TLS_CERT_FILE") or None,
             redis_tls_key=env.get("REDIS_TLS_KEY_FILE") or None,

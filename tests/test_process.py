@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -101,6 +102,63 @@ async def test_sigterm_drains_in_flight_requests(
         ("patient", 600), ("professional", 600), ("stats-dashboard", 300)]
     assert "s3cret-value-xyz" not in log
 
+
+
+@pytest.fixture
+async def silent_upstream() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """An upstream on a free port that reads each request and never answers it."""
+    received = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            received.set()
+            await reader.read()  # until the sidecar gives up on it
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", received
+    for writer in writers:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_sigterm_cuts_a_request_that_outlives_the_budget_once_and_counts_it(
+    silent_upstream: tuple[str, asyncio.Event], session: aiohttp.ClientSession,
+) -> None:
+    # aiohttp alone waits the budget, cancels, then waits it again: 8 s here. Once the
+    # budget plus the cancellation grace is ~4.5 s; 6.5 s leaves slack for a busy machine.
+    upstream, received = silent_upstream
+    budget = 4.0
+    sidecar = SidecarProcess({"UPSTREAM_URL": upstream, "UPSTREAM_READ_TIMEOUT_S": "60",
+                              "SIDECAR_SHUTDOWN_TIMEOUT_S": str(budget)})
+    sidecar.launch()
+    await sidecar.ready()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"GET /api/v1/slow?ms=1 HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+        await asyncio.wait_for(received.wait(), 10)  # the request is at the upstream
+        signalled = time.monotonic()
+        sidecar.signal(signal.SIGTERM)
+        readiness = 200
+        while readiness == 200:  # readiness still goes red first
+            async with session.get(sidecar.admin + "/readyz") as r:
+                readiness = r.status
+        assert readiness == 503
+        assert await sidecar.exit_code(within=30) == 0
+        took = time.monotonic() - signalled
+        assert budget - 0.5 < took < 6.5, took
+        assert await reader.read() == b""  # cut: closed without an answer
+        writer.close()
+    finally:
+        sidecar.stop()
+    lines = [json.loads(line) for line in sidecar.output().splitlines() if line.startswith("{")]
+    drained = [line for line in lines if "cut_requests" in line]
+    assert [(d["listener"], d["in_flight"], d["cut_requests"], d["level"]) for d in drained] == [
+        ("proxy", 1, 1, "warning"), ("admin", 0, 0, "info")]
 
 async def test_reload_on_file_change_and_rejection_keeps_the_last_good_rules(
     stub_server: TestServer, session: aiohttp.ClientSession, tmp_path: Path

@@ -105,6 +105,19 @@ def test_a_bad_redis_url_does_not_echo_its_password() -> None:
     assert "'http'" in str(info.value)
 
 
+
+def test_client_connection_timeouts_default_to_nginx_values_and_must_be_positive() -> None:
+    settings = Settings.from_env({})
+    assert (settings.keepalive_timeout, settings.header_timeout) == (75.0, 60.0)
+    parsed = Settings.from_env({"SIDECAR_KEEPALIVE_TIMEOUT_S": "5",
+                                "SIDECAR_HEADER_TIMEOUT_S": "0.5"})
+    assert (parsed.keepalive_timeout, parsed.header_timeout) == (5.0, 0.5)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_KEEPALIVE_TIMEOUT_S": "0", "SIDECAR_HEADER_TIMEOUT_S": "-1"})
+    assert len(info.value.problems) == 2
+    assert "SIDECAR_KEEPALIVE_TIMEOUT_S='0' must be greater than 0" in info.value.problems[0]
+    assert "SIDECAR_HEADER_TIMEOUT_S='-1' must be greater than 0" in info.value.problems[1]
+
 @pytest.mark.parametrize("name, raw", [
     ("SIDECAR_PORT", "nan"), ("SIDECAR_PORT", "inf"),
     ("REDIS_TIMEOUT_MS", "nan"), ("REDIS_TIMEOUT_MS", "inf"),

@@ -1,0 +1,141 @@
+"""The HTTP listener's own limits, where aiohttp 3.14 leaves a client unbounded.
+
+- **Header deadline** (`SIDECAR_HEADER_TIMEOUT_S`): aiohttp has none. Its keep-alive timer
+  (`SIDECAR_KEEPALIVE_TIMEOUT_S`) is armed when a connection opens and when a response ends,
+  and bytes arriving do not extend it, so it bounds a slow sender too, but only by the
+  keep-alive timeout, which may have to be long (longer than a load balancer's idle timeout).
+  Here a request's headers must arrive within the deadline, counted from the connection's
+  start or from the first byte of the next request on a keep-alive connection. One timer
+  handle per connection (`loop.call_at`); a request whose headers come in one read (the
+  usual case on a kept connection) arms none.
+- **Bounded drain**: `RequestHandler.shutdown(timeout)` waits the timeout, then only fails the
+  request's body and waits it again before cancelling, so one request that outlives the budget
+  held SIGTERM for twice the budget. Here requests in flight get the budget once; those still
+  running are cancelled, get `CANCEL_GRACE_S` to unwind, and are counted in one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("sidecar")
+CANCEL_GRACE_S = 0.5
+
+
+class HeaderDeadlineHandler(web.RequestHandler):
+    """aiohttp's connection protocol plus a deadline for each request's headers."""
+
+    __slots__ = ("_header_handle", "_header_timeout")
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_handle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:  # a request's headers are complete
+            if self._header_handle is not None:
+                self._header_handle.cancel()
+                self._header_handle = None
+        elif self._header_handle is None and data and self._idle():
+            # The first bytes of the next request on a kept connection. (Bytes of a pipelined
+            # request that arrive while one is handled: aiohttp's keep-alive timer, armed when
+            # that response ends, bounds them.)
+            self._arm_header_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_handle is not None:
+            self._header_handle.cancel()
+            self._header_handle = None
+        super().connection_lost(exc)
+
+    def _idle(self) -> bool:
+        """Waiting for a request: nothing handled, nothing queued."""
+        return self._waiter is not None and not self._waiter.done()
+
+    def _arm_header_deadline(self) -> None:
+        loop = self._loop
+        self._header_handle = loop.call_at(loop.time() + self._header_timeout,
+                                           self._header_deadline_passed)
+
+    def _header_deadline_passed(self) -> None:
+        self._header_handle = None
+        if self._idle():  # still no complete request: close, without an answer
+            self.force_close()
+
+
+class BoundedServer(web.Server):
+    """Builds `HeaderDeadlineHandler`s; drains in one budget, then cuts and counts."""
+
+    def __init__(self, handler: Any, *, listener: str, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+
+    def __call__(self) -> web.RequestHandler:
+        return HeaderDeadlineHandler(self, loop=self._loop, **self._kwargs)
+
+    # The signature aiohttp's runner calls (`Server.shutdown(timeout)`).
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """In-flight requests get `timeout` once; the rest are cancelled and counted.
+
+        The runner has closed the listener and every connection already (idle ones end at
+        once, busy ones after their response), so waiting on each connection's task is
+        waiting for its request.
+        """
+        conns = list(self._connections)
+        running = {task: conn for conn in conns if (task := _task(conn)) is not None}
+        in_flight = sum(1 for conn in conns if conn._request_in_progress)
+        pending: set[asyncio.Task[None]] = set()
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+        cut = sum(1 for task in pending if running[task]._request_in_progress)
+        for task in pending:
+            task.cancel()  # and with it the request handler it awaits
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        for conn in conns:
+            conn.force_close()
+        self._connections.clear()
+        extra = {"listener": self.listener, "in_flight": in_flight, "cut_requests": cut,
+                 "timeout_s": timeout}
+        if cut:
+            log.warning("drain budget spent: in-flight requests cut", extra=extra)
+        else:
+            log.info("drained", extra=extra)
+
+
+def _task(conn: web.RequestHandler) -> asyncio.Task[None] | None:
+    """The connection's task while it still runs: it ends after the request in progress."""
+    task = conn._task_handler
+    if task is None and conn._current_request is not None:
+        task = conn._current_request.task  # the client left; the handler runs on
+    return task if task is not None and not task.done() else None
+
+
+class BoundedRunner(web.AppRunner):
+    """`web.AppRunner` serving through a `BoundedServer`: keep-alive, header, drain limits."""
+
+    __slots__ = ("_listener",)
+
+    def __init__(self, app: web.Application, *, listener: str, keepalive_timeout: float,
+                 header_timeout: float, shutdown_timeout: float) -> None:
+        super().__init__(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                         keepalive_timeout=keepalive_timeout, header_timeout=header_timeout)
+        self._listener = listener
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()  # the app's startup, aiohttp's handler kwargs
+        return BoundedServer(made.request_handler, listener=self._listener,
+                             request_factory=made.request_factory,
+                             handler_cancellation=made.handler_cancellation,
+                             loop=made._loop, **made._kwargs)
