@@ -62,6 +62,20 @@ class RedisProcess:
             s.sendall(payload)
             return s.recv(65536).split(b"\r\n", 1)[0]
 
+    def info(self, section: str, timeout: float = 5.0) -> dict[str, str]:
+        """`INFO <section>` over a raw socket (no client handshake of its own to count)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode())
+            data = b""
+            while b"\r\n" not in data:
+                data += s.recv(65536)
+            header, _, body = data.partition(b"\r\n")
+            size = int(header[1:])  # a bulk string: $<length>
+            while len(body) < size:
+                body += s.recv(65536)
+        text = body[:size].decode()
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
     def freeze(self, seconds: float) -> socket.socket:
         """`DEBUG SLEEP`: Redis stops answering everyone. Returns the socket to close later."""
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
