@@ -39,14 +39,14 @@ class RedisProcess:
              "--enable-debug-command", "local", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a busy machine may be slow to fork and listen
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             if self.ping():
                 return
             time.sleep(0.01)  # readiness poll of an external process, not test sync
-        raise RuntimeError("redis-server did not start")
+        raise RuntimeError("redis-server did not answer PING within 30 s")
 
     def ping(self) -> bool:
         try:

@@ -8,6 +8,7 @@ import gzip
 from redis.asyncio import Redis
 
 from tests.conftest import TOKEN_A, TOKEN_B, Stack, StackFactory
+from tests.waiting import within
 
 PATIENT = "/api/v1/patients/42"
 
@@ -66,7 +67,7 @@ async def test_in_flight_requests_finish_under_the_rules_they_started_with(
 
     from upstream_stub.app import STATE
     slow = asyncio.ensure_future(stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "200"}))
-    await asyncio.wait_for(stack.stub[STATE].wait_for(f"GET {PATIENT}"), 5)
+    await within(stack.stub[STATE].wait_for(f"GET {PATIENT}"), "the GET reaching the upstream")
     old = stack.rt.rules
     stack.rt.rules = replace(old, rules=tuple(replace(r, ttl=5, stale=replace(
         r.stale, while_revalidate=0, if_error=0, max=0)) for r in old.rules))
