@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import PATIENT_BUDGETS
+from tests.conftest import GENEROUS_BUDGETS
 from tests.redis_process import free_port
 from tests.waiting import PATIENCE
 
@@ -25,7 +25,7 @@ class SidecarProcess:
         self.env = {**os.environ, "SIDECAR_PORT": str(self.port),
                     "SIDECAR_ADMIN_PORT": str(self.admin_port), "SIDECAR_HOST": "127.0.0.1",
                     "SIDECAR_ADMIN_HOST": "127.0.0.1", "REDIS_URL": "memory://",
-                    "CACHE_KEY_SECRET": "test", **PATIENT_BUDGETS, **env}
+                    "CACHE_KEY_SECRET": "test", **GENEROUS_BUDGETS, **env}
         self.args = [sys.executable, "-m", "sidecar"] + (
             ["--config", str(config)] if config else [])
         self.proc: subprocess.Popen[bytes] | None = None
