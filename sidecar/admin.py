@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from sidecar.bad_requests import server_logger
 from sidecar.matching import SAFE_KEY
 from sidecar.runtime import RUNTIME, Runtime
 
@@ -142,7 +143,8 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
 
 
 def admin_app(rt: Runtime) -> web.Application:
-    app = web.Application()
+    app = web.Application(
+        handler_args=server_logger(rt.metrics.bad_requests, rt.settings.warn_interval))
     app[RUNTIME] = rt
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from sidecar.access_log import AccessLog
 from sidecar.admin import admin_app
+from sidecar.bad_requests import server_logger
 from sidecar.breaker import Breaker
 from sidecar.codec import build_codec
 from sidecar.coordination import Coordinator, RedisCoordinator
@@ -87,7 +88,9 @@ def build_runtime(
 
 
 def proxy_app(rt: Runtime) -> web.Application:
-    app = web.Application(client_max_size=0)  # bodies stream through, never buffered
+    app = web.Application(  # bodies stream through, never buffered
+        client_max_size=0,
+        handler_args=server_logger(rt.metrics.bad_requests, rt.settings.warn_interval))
     app[RUNTIME] = rt
     # [\s\S]: the router sees the decoded path, where `%0A` is a newline `.` would miss.
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 _MAGIC = b"SC1"
 _LEN = struct.Struct(">I")
+# Largest ttl / initial age a stored entry may carry; anything above is read as damage.
+# Rules are capped far below it (`rules.MAX_TTL_SECONDS`), so every entry we write decodes.
+MAX_STORED_SECONDS = 10**9 - 1
 
 
 class CorruptEntry(ValueError):
@@ -66,8 +69,9 @@ class Entry:
                 ttl=int(meta["ttl"]),
                 initial_age=int(meta.get("a", 0)),
             )
-            if not (math.isfinite(entry.stored_at) and 0 < entry.ttl < 10**9
-                    and 0 <= entry.initial_age < 10**9 and 100 <= entry.status <= 599):
+            if not (math.isfinite(entry.stored_at) and 0 < entry.ttl <= MAX_STORED_SECONDS
+                    and 0 <= entry.initial_age <= MAX_STORED_SECONDS
+                    and 100 <= entry.status <= 599):
                 raise CorruptEntry("out-of-range header values")
             return entry
         except CorruptEntry:

@@ -21,6 +21,7 @@ CACHE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)
 NO_RULE = "none"
+BAD_REQUEST_KINDS = ("bad-request-line", "bad-header", "too-large", "other")
 
 
 class Metrics:
@@ -74,6 +75,11 @@ class Metrics:
             registry=r)
         self.reloads = Counter("config_reload", "Rule reload attempts.", ["result"],
                                registry=r)
+        self.bad_requests = Counter(
+            "sidecar_bad_requests", "Requests the HTTP parser refused with a 400, by kind.",
+            ["kind"], registry=r)
+        for kind in BAD_REQUEST_KINDS:  # every series from the start, at 0
+            self.bad_requests.labels(kind)
         self.config_info = Gauge("config_info", "The loaded rules file (hash label).",
                                  ["hash"], registry=r)
 

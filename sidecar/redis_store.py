@@ -12,10 +12,19 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from sidecar.settings import Settings
 
 _SCAN_BATCH = 500
+
+
+def _no_maint_notifications() -> MaintNotificationsConfig:
+    """redis-py 8.1 otherwise sends `CLIENT MAINT_NOTIFICATIONS` on every new RESP3
+    connection ("auto"); servers without it (Redis 7.0) reject it: a wasted round trip and
+    a DEBUG line per connection, for a feature of managed Redis offerings we do not use.
+    """
+    return MaintNotificationsConfig(enabled=False)
 
 
 class RedisStore:
@@ -35,6 +44,7 @@ class RedisStore:
             # No CLIENT SETINFO on connect: two round trips fewer on every reconnect, and
             # one command fewer the ACL user needs.
             driver_info=None,
+            maint_notifications_config=_no_maint_notifications(),
             **(ssl_options or {}),
         )
         self.client: Redis = Redis(connection_pool=pool)
@@ -44,7 +54,7 @@ class RedisStore:
         return Redis.from_url(
             self._settings.redis_url, socket_connect_timeout=self._settings.redis_connect_timeout,
             socket_timeout=None, retry=Retry(NoBackoff(), 0), driver_info=None,
-            **self._ssl)
+            maint_notifications_config=_no_maint_notifications(), **self._ssl)
 
     async def get(self, key: str, field: str) -> bytes | None:
         value = await self.client.hget(key, field)

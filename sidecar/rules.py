@@ -35,6 +35,11 @@ _RULE_FIELDS = {
     "stale",
 }
 _STALE_FIELDS = {"while_revalidate", "if_error", "max"}
+# A TTL, and each stale window, is at most a year: an entity's Redis expiry (TTL + largest
+# window) then stays under two years, far inside what EXPIRE and `entry.Entry` accept.
+MAX_TTL_SECONDS = 365 * 24 * 3600
+MAX_STALE_SECONDS = MAX_TTL_SECONDS
+_TTL_RANGE = f"1 to {MAX_TTL_SECONDS} seconds (365 days)"
 _WRITE_FIELDS = {"path", "params", "invalidates"}
 
 
@@ -177,12 +182,17 @@ class _Parser:
                 return 1, env_name
             if value <= 0:
                 self.fail(where, f"environment {env_name}={raw_env!r} must be > 0 seconds")
+            elif value > MAX_TTL_SECONDS:
+                self.fail(where, f"environment {env_name}={raw_env!r} is too long: a ttl "
+                                 f"must be {_TTL_RANGE}")
             return value, env_name
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(where, f"ttl must be a whole number of seconds, got {value!r}")
             return 1, env_name
         if value <= 0:
             self.fail(where, f"ttl must be > 0 seconds, got {value}")
+        elif value > MAX_TTL_SECONDS:
+            self.fail(where, f"ttl must be {_TTL_RANGE}, got {value}")
         return value, env_name
 
     def stale(self, where: str, value: Any, default: Stale) -> Stale:
@@ -197,6 +207,10 @@ class _Parser:
             n = value.get(name, getattr(default, name))
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 self.fail(where, f"stale.{name} must be a whole number >= 0, got {n!r}")
+                n = 0
+            elif n > MAX_STALE_SECONDS:
+                self.fail(where, f"stale.{name} must be 0 to {MAX_STALE_SECONDS} seconds "
+                                 f"(365 days), got {n}")
                 n = 0
             numbers[name] = n
         if "max" not in value:

@@ -28,6 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "config" / "routes.yaml"
 TOKEN_A = "Bearer token-alice"
 TOKEN_B = "Bearer token-bob"
+# Test stacks run against real processes on a shared, possibly busy machine: a healthy Redis
+# must never look slow and a hiccup must never open the breaker, or the cache silently drops
+# out and a test fails for the wrong reason. The production defaults (100 ms, 5 failures)
+# are set explicitly only by the tests that are about Redis timeouts and the breaker
+# (`REDIS_FAULT_BUDGETS`).
+GENEROUS_BUDGETS = {"REDIS_TIMEOUT_MS": "5000", "REDIS_CONNECT_TIMEOUT_MS": "5000",
+                   "CACHE_BREAKER_FAILURES": "1000"}
+REDIS_FAULT_BUDGETS = {"REDIS_TIMEOUT_MS": "100", "REDIS_CONNECT_TIMEOUT_MS": "100",
+                       "CACHE_BREAKER_FAILURES": "5"}
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +141,7 @@ async def make_stack(
         values = {"UPSTREAM_URL": str(stub_server.make_url("")).rstrip("/"),
                   "REDIS_URL": redis_url or shared_redis.url,
                   "CACHE_KEY_SECRET": "test-secret", "SIDECAR_WARN_INTERVAL_S": "0.001",
-                  "SIDECAR_ADMIN_HOST": "127.0.0.1", **(env or {})}
+                  "SIDECAR_ADMIN_HOST": "127.0.0.1", **GENEROUS_BUDGETS, **(env or {})}
         settings = Settings.from_env(values)
         rules = (parse_rules(rules_yaml.encode(), "test.yaml", values) if rules_yaml
                  else load_rules(ROUTES, values))

@@ -39,14 +39,14 @@ class RedisProcess:
              "--enable-debug-command", "local", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a busy machine may be slow to fork and listen
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             if self.ping():
                 return
             time.sleep(0.01)  # readiness poll of an external process, not test sync
-        raise RuntimeError("redis-server did not start")
+        raise RuntimeError("redis-server did not answer PING within 30 s")
 
     def ping(self) -> bool:
         try:
@@ -61,6 +61,20 @@ class RedisProcess:
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
             s.sendall(payload)
             return s.recv(65536).split(b"\r\n", 1)[0]
+
+    def info(self, section: str, timeout: float = 5.0) -> dict[str, str]:
+        """`INFO <section>` over a raw socket (no client handshake of its own to count)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode())
+            data = b""
+            while b"\r\n" not in data:
+                data += s.recv(65536)
+            header, _, body = data.partition(b"\r\n")
+            size = int(header[1:])  # a bulk string: $<length>
+            while len(body) < size:
+                body += s.recv(65536)
+        text = body[:size].decode()
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
     def freeze(self, seconds: float) -> socket.socket:
         """`DEBUG SLEEP`: Redis stops answering everyone. Returns the socket to close later."""

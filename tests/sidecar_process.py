@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
 
+from tests.conftest import GENEROUS_BUDGETS
 from tests.redis_process import free_port
+from tests.waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +25,7 @@ class SidecarProcess:
         self.env = {**os.environ, "SIDECAR_PORT": str(self.port),
                     "SIDECAR_ADMIN_PORT": str(self.admin_port), "SIDECAR_HOST": "127.0.0.1",
                     "SIDECAR_ADMIN_HOST": "127.0.0.1", "REDIS_URL": "memory://",
-                    "CACHE_KEY_SECRET": "test", **env}
+                    "CACHE_KEY_SECRET": "test", **GENEROUS_BUDGETS, **env}
         self.args = [sys.executable, "-m", "sidecar"] + (
             ["--config", str(config)] if config else [])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -39,10 +42,11 @@ class SidecarProcess:
         self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    async def ready(self) -> None:
+    async def ready(self, within: float = PATIENCE) -> None:
         assert self.proc is not None
+        deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
+            while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(self.output())
                 try:
@@ -52,7 +56,7 @@ class SidecarProcess:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.02)  # waiting for another process to listen
-        raise RuntimeError("sidecar did not become ready")
+        raise RuntimeError(f"sidecar did not become ready within {within:g} s")
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None

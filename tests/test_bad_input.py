@@ -5,11 +5,13 @@ never a key outside the namespace, never one patient's data under another's key.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import TOKEN_A, Stack
+from tests.conftest import TOKEN_A, Stack, StackFactory
 
 ODD_IDS = [
     "042", "%34%32", "42%0A", "42:x", "*", "%EF%BC%94%EF%BC%92", "%D9%A4%D9%A2", "4" * 5000,
@@ -78,3 +80,35 @@ async def test_odd_credentials_and_encodings_do_not_break_requests(stack: Stack)
                     {"Accept-Encoding": ";;;,,"}, {"Authorization": TOKEN_A + " " * 2000}):
         reply = await stack.proxy.get("/api/v1/patients/42", headers=headers)
         assert reply.status < 500
+
+
+MALFORMED = {
+    "bad-request-line": b"GET /api/v1/patients/42 HTTP/1.1 x\r\nHost: x\r\n\r\n",
+    "bad-header": b"GET /api/v1/patients/42 HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
+    "too-large": b"GET /api/v1/patients/" + b"4" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+async def test_malformed_requests_are_counted_by_kind_and_logged_once(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await make_stack({"SIDECAR_WARN_INTERVAL_S": "3600"})
+    host, port = stack.proxy.base.removeprefix("http://").split(":")
+    kinds = [kind for kind in MALFORMED for _ in range(17)][:50]
+    with caplog.at_level(logging.DEBUG):
+        for kind in kinds:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(MALFORMED[kind])
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            assert status_line.split()[1] == b"400", (kind, status_line)
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "malformed request" in lines[0].getMessage()
+    assert "4444" not in caplog.text and "Bad Name" not in caplog.text  # no raw request bytes
+    metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
+    counted = {kind: metrics.count(f'sidecar_bad_requests_total{{kind="{kind}"}} {n}.0')
+               for kind, n in Counter(kinds).items()}
+    assert counted == {"bad-request-line": 1, "bad-header": 1, "too-large": 1}, metrics
+    assert 'sidecar_bad_requests_total{kind="other"} 0.0' in metrics

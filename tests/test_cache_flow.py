@@ -8,6 +8,7 @@ import gzip
 from redis.asyncio import Redis
 
 from tests.conftest import TOKEN_A, TOKEN_B, Stack, StackFactory
+from tests.waiting import within
 
 PATIENT = "/api/v1/patients/42"
 
@@ -66,7 +67,7 @@ async def test_in_flight_requests_finish_under_the_rules_they_started_with(
 
     from upstream_stub.app import STATE
     slow = asyncio.ensure_future(stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "200"}))
-    await asyncio.wait_for(stack.stub[STATE].wait_for(f"GET {PATIENT}"), 5)
+    await within(stack.stub[STATE].wait_for(f"GET {PATIENT}"), "the GET reaching the upstream")
     old = stack.rt.rules
     stack.rt.rules = replace(old, rules=tuple(replace(r, ttl=5, stale=replace(
         r.stale, while_revalidate=0, if_error=0, max=0)) for r in old.rules))
@@ -216,3 +217,25 @@ async def test_generated_etag_when_upstream_sends_none(
     hit = await stack.proxy.get("/api/v1/echo/headers", token=None,
                                 headers={"If-None-Match": reply.headers["ETag"]})
     assert (hit.status, hit.x_cache) == (304, "HIT")
+
+
+async def test_longest_accepted_ttl_and_stale_window_are_stored_and_read_back(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    """The rules' caps (a year each) fit Redis EXPIRE and what an entry may decode."""
+    from sidecar.rules import MAX_STALE_SECONDS, MAX_TTL_SECONDS
+    stack = await make_stack({"CACHE_TTL_PATIENT": str(MAX_TTL_SECONDS)},
+                             rules_yaml=f"""
+rules:
+  - name: patient
+    path: /api/v1/patients/{{id}}
+    key: identity:patient:{{id}}
+    ttl_env: CACHE_TTL_PATIENT
+    stale: {{while_revalidate: {MAX_STALE_SECONDS}, if_error: {MAX_STALE_SECONDS}}}
+""")
+    assert (await stack.proxy.get(PATIENT)).x_cache == "MISS"
+    hit = await stack.proxy.get(PATIENT)
+    assert hit.x_cache == "HIT"
+    assert int(hit.headers["Cache-Status"].rsplit("ttl=", 1)[1]) > MAX_TTL_SECONDS - 60
+    expiry = await redis_client.ttl("identity:patient:42")
+    assert MAX_TTL_SECONDS + MAX_STALE_SECONDS - 60 < expiry <= MAX_TTL_SECONDS + MAX_STALE_SECONDS

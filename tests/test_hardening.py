@@ -7,6 +7,7 @@ import asyncio
 from redis.asyncio import Redis
 
 from tests.conftest import TOKEN_A, Stack
+from tests.waiting import within
 
 PATIENT = "/api/v1/patients/42"
 
@@ -57,7 +58,7 @@ async def test_read_after_write_never_joins_an_older_fetch(stack: Stack) -> None
     """A slow GET is in flight; a PUT lands; the next GET must see the write."""
     slow = asyncio.ensure_future(stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "400"}))
     from upstream_stub.app import STATE
-    await asyncio.wait_for(stack.stub[STATE].wait_for(f"GET {PATIENT}"), 5)
+    await within(stack.stub[STATE].wait_for(f"GET {PATIENT}"), "the GET reaching the upstream")
     put = await stack.proxy.request("PATCH", PATIENT, data=b'{"gender": "other"}',
                                     headers={"Content-Type": "application/json"})
     assert put.status == 200

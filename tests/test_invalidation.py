@@ -8,7 +8,8 @@ import logging
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import Stack, StackFactory
+from tests.conftest import REDIS_FAULT_BUDGETS, Stack, StackFactory
+from tests.waiting import within
 
 PATIENT = "/api/v1/patients/42"
 DASHBOARD = "/api/v1/statistics/dashboard"
@@ -76,11 +77,13 @@ async def test_write_while_redis_is_down_is_applied_when_it_returns(
 ) -> None:
     from tests.redis_process import RedisProcess
     assert isinstance(own_redis, RedisProcess)
-    stack = await make_stack(redis_url=own_redis.url)
+    stack = await make_stack(
+        {**REDIS_FAULT_BUDGETS, "REDIS_TIMEOUT_MS": "250", "REDIS_CONNECT_TIMEOUT_MS": "250"},
+        redis_url=own_redis.url)
     assert stack.rt.invalidator is not None
     stack.rt.invalidator.retry_every = 0.05
     await _prime(stack, PATIENT)
-    frozen = own_redis.freeze(1)
+    frozen = own_redis.freeze(3)  # well past the write's 0.5 s cache deadline
     reply = await stack.proxy.request("PATCH", PATIENT, data=b'{"gender": "other"}',
                                       headers={"Content-Type": "application/json"})
     assert reply.status == 200
@@ -90,8 +93,11 @@ async def test_write_while_redis_is_down_is_applied_when_it_returns(
     frozen.close()
     client = Redis.from_url(own_redis.url)
     try:
-        while stack.rt.invalidator.pending("identity:patient:42"):
-            await stack.rt.invalidator.wait_idle()
+        async def applied() -> None:
+            assert stack.rt.invalidator is not None
+            while stack.rt.invalidator.pending("identity:patient:42"):
+                await stack.rt.invalidator.wait_idle()
+        await within(applied(), "deferred invalidation applied after the freeze")
         assert await client.exists("identity:patient:42") == 0
     finally:
         await client.aclose()

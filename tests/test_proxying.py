@@ -134,10 +134,10 @@ async def test_upstream_down_is_a_short_502(make_stack: StackFactory, redis_clie
 
 
 async def test_upstream_timeout_is_a_504(make_stack: StackFactory, redis_client: Redis) -> None:
-    stack = await make_stack({"UPSTREAM_READ_TIMEOUT_S": "0.2"})
-    reply = await stack.proxy.get("/api/v1/slow?ms=2000", token=None)
+    stack = await make_stack({"UPSTREAM_READ_TIMEOUT_S": "1"})
+    reply = await stack.proxy.get("/api/v1/slow?ms=3000", token=None)
     assert reply.status == 504 and reply.json()["error"] == "upstream_timeout"
-    cached_route = await stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "2000"})
+    cached_route = await stack.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "3000"})
     assert cached_route.status == 504
 
 

@@ -4,7 +4,6 @@ least-privilege ACL user: everything it does must work with only those commands.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from sidecar.coordination import RedisCoordinator
 from tests.conftest import TOKEN_A, StackFactory
 from tests.redis_process import free_port
 from tests.tls_certs import make_certs
+from tests.waiting import until, within
 
 ACL_FILE = Path(__file__).resolve().parent.parent / "deploy" / "redis" / "users.acl"
 PASSWORD = "sidecar-test-password"
@@ -44,13 +44,12 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, dict[str, Path]]]:
 
 
 async def _wait_ready(client: Redis) -> None:
-    for _ in range(200):
+    async def answers() -> bool:
         try:
-            await client.ping()
-            return
+            return bool(await client.ping())
         except (RedisError, OSError):  # still starting
-            await asyncio.sleep(0.02)
-    raise AssertionError("TLS redis-server did not come up")
+            return False
+    await until(answers, "TLS redis-server answering PING")
 
 
 async def test_sidecar_caches_through_tls_with_the_acl_user(
@@ -66,11 +65,10 @@ async def test_sidecar_caches_through_tls_with_the_acl_user(
                            ssl_keyfile=tls["REDIS_TLS_KEY_FILE"])
     try:
         await _wait_ready(probe)
-        stack = await make_stack({**tls, "REDIS_TIMEOUT_MS": "500",
-                                  "REDIS_CONNECT_TIMEOUT_MS": "1000"}, redis_url=url)
+        stack = await make_stack(tls, redis_url=url)  # the suite's generous budgets
         assert stack.rt.coordinator.enabled
         assert isinstance(stack.rt.coordinator, RedisCoordinator)
-        await asyncio.wait_for(stack.rt.coordinator._subscribed.wait(), 5)
+        await within(stack.rt.coordinator._subscribed.wait(), "coordinator subscribed")
         path = "/api/v1/patients/42"
         assert (await stack.proxy.get(path)).x_cache == "MISS"
         assert (await stack.proxy.get(path)).x_cache == "HIT"

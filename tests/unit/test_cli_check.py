@@ -78,6 +78,25 @@ def test_bad_env_override_fails(
     assert "CACHE_TTL_PATIENT='ten' is not a whole number" in err
 
 
+def test_ttl_beyond_a_year_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passed once, then stored entries every read decoded as corrupt (ttl >= 10**9)."""
+    huge = tmp_path / "routes.yaml"
+    huge.write_text(ROUTES.read_text().replace("ttl: 600\n    ttl_env: CACHE_TTL_PATIENT",
+                                               "ttl: 2000000000\n    ttl_env: CACHE_TTL_PATIENT"))
+    assert main(["--check", "--config", str(huge)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {huge}: rule #1 'patient': ttl must be 1 to 31536000 seconds (365 days), " \
+           "got 2000000000" in err
+    monkeypatch.setenv("CACHE_TTL_PROFESSIONAL", "2000000000")
+    assert main(["--check", "--config", str(ROUTES)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {ROUTES}: rule #2 'professional': environment " \
+           "CACHE_TTL_PROFESSIONAL='2000000000' is too long: a ttl must be 1 to 31536000 " \
+           "seconds (365 days)" in err
+
+
 def test_bad_setting_fails(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.entry import MAX_STORED_SECONDS, Entry
 from sidecar.errors import ConfigError
-from sidecar.rules import RuleSet, load_rules, parse_rules
+from sidecar.rules import (
+    MAX_STALE_SECONDS,
+    MAX_TTL_SECONDS,
+    RuleSet,
+    load_rules,
+    parse_rules,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTES = ROOT / "config" / "routes.yaml"
@@ -228,6 +235,8 @@ def test_two_rules_with_the_same_name() -> None:
     ("1.5", "ttl must be a whole number of seconds, got 1.5"),
     ("'60s'", "ttl must be a whole number of seconds, got '60s'"),
     ("true", "ttl must be a whole number of seconds, got True"),
+    ("2000000000", "ttl must be 1 to 31536000 seconds (365 days), got 2000000000"),
+    ("31536001", "ttl must be 1 to 31536000 seconds (365 days), got 31536001"),
 ])
 def test_bad_ttl(ttl: str, fragment: str) -> None:
     assert_rejected(patient("ttl: 600", f"ttl: {ttl}"), "patient", fragment)
@@ -238,10 +247,46 @@ def test_bad_ttl(ttl: str, fragment: str) -> None:
     ("1.5", "environment CACHE_TTL_PATIENT='1.5' is not a whole number"),
     ("0", "environment CACHE_TTL_PATIENT='0' must be > 0 seconds"),
     ("-60", "environment CACHE_TTL_PATIENT='-60' must be > 0 seconds"),
+    ("2000000000", "environment CACHE_TTL_PATIENT='2000000000' is too long: a ttl must be "
+                   "1 to 31536000 seconds (365 days)"),
 ])
 def test_bad_env_override(value: str, fragment: str) -> None:
     assert_rejected(PATIENT, "patient", fragment, {"CACHE_TTL_PATIENT": value})
     assert_rejected(str(ROUTES.read_text()), "patient", fragment, {"CACHE_TTL_PATIENT": value})
+
+
+def test_a_year_is_the_longest_ttl_and_stale_window() -> None:
+    text = patient("ttl: 600", f"ttl: {MAX_TTL_SECONDS}") + (
+        f"        stale: {{while_revalidate: {MAX_STALE_SECONDS}, if_error: 60}}\n")
+    rule = parse(text).rules[0]
+    assert rule.ttl == MAX_TTL_SECONDS == 31_536_000
+    assert rule.stale.keep == MAX_STALE_SECONDS
+    assert ttls(parse(PATIENT, {"CACHE_TTL_PATIENT": str(MAX_TTL_SECONDS)})) == {
+        "patient": MAX_TTL_SECONDS}
+
+
+def test_longest_accepted_entry_still_decodes() -> None:
+    """What a rule may store, the reader must accept (else: stored, then always corrupt)."""
+    assert MAX_TTL_SECONDS + MAX_STALE_SECONDS < MAX_STORED_SECONDS
+    entry = Entry(status=200, headers=(), body=b"{}", stored_at=1.0, ttl=MAX_TTL_SECONDS,
+                  initial_age=MAX_TTL_SECONDS - 1)
+    assert Entry.decode(entry.encode()) == entry
+
+
+def test_default_ttl_beyond_a_year_is_rejected() -> None:
+    text = "defaults:\n  ttl: 2000000000\n" + textwrap.dedent(
+        patient("        ttl: 600\n        ttl_env: CACHE_TTL_PATIENT\n", ""))
+    assert problems(text) == [
+        f"{SOURCE}: defaults: ttl must be 1 to 31536000 seconds (365 days), got 2000000000"]
+    assert_rejected(PATIENT, None, "CACHE_TTL_DEFAULT='2000000000' is too long",
+                    {"CACHE_TTL_DEFAULT": "2000000000"})
+
+
+@pytest.mark.parametrize("window", ["while_revalidate", "if_error", "max"])
+def test_stale_window_beyond_a_year_is_rejected(window: str) -> None:
+    text = PATIENT + f"        stale: {{{window}: 2000000000}}\n"
+    assert_rejected(text, "patient",
+                    f"stale.{window} must be 0 to 31536000 seconds (365 days), got 2000000000")
 
 
 def test_bad_default_env_override_is_reported() -> None:
