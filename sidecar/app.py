@@ -118,6 +118,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await rt.coordinator.close()
     await rt.store.close()
     await rt.upstream.close()
+    rt.access_log.flush()
     rt.telemetry.shutdown()
 
 

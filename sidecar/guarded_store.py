@@ -44,6 +44,8 @@ class GuardedStore:
         self.metrics = metrics
         self.deadline = deadline
         self._warn = RateLimitedWarning(log, warn_interval)
+        self._in_process = getattr(store, "in_process", False)
+        self._gauge = -1
 
     async def call(
         self, operation: str, prefix: str, call: Callable[[], Awaitable[T]], default: T,
@@ -54,8 +56,12 @@ class GuardedStore:
             return default
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(self.deadline):
-                result = await call()
+            if self._in_process:
+                result = await call()  # an in-process store cannot hang: no timer to arm
+            else:
+                async with asyncio.timeout(self.deadline):
+                    result = await call()
+                _reraise_swallowed_cancel()
         except asyncio.CancelledError:
             self.breaker.abandon(permit)
             raise
@@ -73,11 +79,13 @@ class GuardedStore:
         self.metrics.cache_time(operation, prefix, time.perf_counter() - start)
         self.breaker.success()
         self._set_gauge()
-        _reraise_swallowed_cancel()
         return result
 
     def _set_gauge(self) -> None:
-        self.metrics.breaker_open.set(1 if self.breaker.state != "closed" else 0)
+        value = 1 if self.breaker.state != "closed" else 0
+        if value != self._gauge:  # set on change only: a Gauge.set takes a lock
+            self._gauge = value
+            self.metrics.breaker_open.set(value)
 
     async def get(self, key: str, field: str, prefix: str) -> bytes | None:
         return await self.call("get", prefix, lambda: self.store.get(key, field), None)

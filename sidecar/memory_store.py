@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 class MemoryStore:
     name = "memory"
+    in_process = True  # never blocks on I/O: the guard needs no deadline around it
 
     def __init__(
         self, max_bytes: int, clock: Callable[[], float] = time.monotonic

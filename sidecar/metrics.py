@@ -6,6 +6,8 @@ a rule's key prefix or name, an operation, a status code; never an id or a token
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry.metrics import Meter, NoOpMeter
 from prometheus_client import (
     CollectorRegistry,
@@ -83,20 +85,45 @@ class Metrics:
         self.config_info = Gauge("config_info", "The loaded rules file (hash label).",
                                  ["hash"], registry=r)
 
+        self._hit_children: dict[str, Any] = {}
+        self._latency_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        # No OTLP exporter: skip the no-op meter's calls on the hot path entirely.
+        self._otel = meter is not None and not isinstance(meter, NoOpMeter)
         meter = meter or NoOpMeter("sidecar")
         self._otel_hits = meter.create_counter("cache_hits", description="Cache hits.")
         self._otel_misses = meter.create_counter("cache_misses", description="Cache misses.")
         self._otel_latency = meter.create_histogram(
             "cache_latency_seconds", unit="s", description="Duration of cache operations.")
 
+    # Label children resolved once per label set: `.labels()` costs a lock and a tuple
+    # hash on every hit otherwise. The label values are bounded (rules, outcomes, statuses).
+
     def hit(self, key_prefix: str) -> None:
-        self.hits.labels(key_prefix).inc()
-        self._otel_hits.add(1, {"key_prefix": key_prefix})
+        child = self._hit_children.get(key_prefix)
+        if child is None:
+            child = self._hit_children[key_prefix] = self.hits.labels(key_prefix)
+        child.inc()
+        if self._otel:
+            self._otel_hits.add(1, {"key_prefix": key_prefix})
 
     def miss(self, key_prefix: str) -> None:
         self.misses.labels(key_prefix).inc()
-        self._otel_misses.add(1, {"key_prefix": key_prefix})
+        if self._otel:
+            self._otel_misses.add(1, {"key_prefix": key_prefix})
 
     def cache_time(self, operation: str, key_prefix: str, seconds: float) -> None:
-        self.cache_latency.labels(operation, key_prefix).observe(seconds)
-        self._otel_latency.record(seconds, {"operation": operation, "key_prefix": key_prefix})
+        key = (operation, key_prefix)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self._latency_children[key] = self.cache_latency.labels(*key)
+        child.observe(seconds)
+        if self._otel:
+            self._otel_latency.record(seconds, {"operation": operation, "key_prefix": key_prefix})
+
+    def request_time(self, rule: str, cache: str, status: int, seconds: float) -> None:
+        key = (rule, cache, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(rule, cache, str(status))
+        child.observe(seconds)

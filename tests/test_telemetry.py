@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
-import logging
 
-import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
-from sidecar.logs import JsonFormatter
+from sidecar.access_log import AccessLog
 from sidecar.telemetry import Telemetry
-from tests.conftest import StackFactory
+from tests.conftest import Stack, StackFactory
+from tests.waiting import until
 
 PATIENT = "/api/v1/patients/424242"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -75,26 +75,50 @@ async def test_without_otlp_the_traceparent_passes_through_untouched(
     assert ["traceparent", TRACEPARENT] in [[k.lower(), v] for k, v in echo.json()["headers"]]
 
 
+def _access_lines(stack: Stack, sample: float) -> io.BytesIO:
+    out = io.BytesIO()
+    stack.rt.access_log = AccessLog(sample, stream=out)
+    return out
+
+
 async def test_access_log_is_json_without_paths_ids_or_tokens(
-    make_stack: StackFactory, redis_client: Redis, caplog: pytest.LogCaptureFixture
+    make_stack: StackFactory, redis_client: Redis
 ) -> None:
-    stack = await make_stack({"SIDECAR_ACCESS_LOG_SAMPLE": "1"})
-    with caplog.at_level(logging.INFO, logger="sidecar.access"):
-        await stack.proxy.get(PATIENT, headers={"X-Request-Id": "req-1"})
-        await stack.proxy.get(PATIENT)
-    records = [r for r in caplog.records if r.name == "sidecar.access"]
-    lines = [json.loads(JsonFormatter().format(r)) for r in records]
-    assert [(x["rule"], x["cache"], x["status"]) for x in lines] == [
-        ("patient", "MISS", 200), ("patient", "HIT", 200)]
+    stack = await make_stack()
+    out = _access_lines(stack, 1.0)
+    await stack.proxy.get(PATIENT, headers={"X-Request-Id": "req-1"})
+    await stack.proxy.get(PATIENT, headers={"X-Request-Id": "bad id\u00e9"})
+    await stack.proxy.get(PATIENT)
+    stack.rt.access_log.flush()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(x["rule"], x["cache"], x["status"], x["logger"]) for x in lines] == [
+        ("patient", "MISS", 200, "sidecar.access"), ("patient", "HIT", 200, "sidecar.access"),
+        ("patient", "HIT", 200, "sidecar.access")]
     assert lines[0]["request_id"] == "req-1" and "duration_ms" in lines[0]
+    assert lines[1]["request_id"] != lines[2]["request_id"]  # generated, unique
     text = json.dumps(lines)
     assert "424242" not in text and "alice" not in text and "/api" not in text
 
 
-async def test_access_log_sampling_off(
-    make_stack: StackFactory, redis_client: Redis, caplog: pytest.LogCaptureFixture
+async def test_access_log_sampling_off_keeps_errors_only(
+    make_stack: StackFactory, redis_client: Redis
 ) -> None:
-    stack = await make_stack({"SIDECAR_ACCESS_LOG_SAMPLE": "0"})
-    with caplog.at_level(logging.INFO, logger="sidecar.access"):
-        await stack.proxy.get(PATIENT)
-    assert not [r for r in caplog.records if r.name == "sidecar.access"]
+    stack = await make_stack()
+    out = _access_lines(stack, 0.0)
+    await stack.proxy.get(PATIENT)
+    await stack.proxy.get(PATIENT, headers={"Cache-Control": "no-store", "X-Stub-Status": "503"})
+    stack.rt.access_log.flush()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [x["status"] for x in lines] == [503]
+
+
+async def test_access_lines_are_flushed_in_batches_without_a_flush_call(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await make_stack()
+    out = _access_lines(stack, 1.0)
+    await stack.proxy.get(PATIENT)
+    async def flushed() -> bool:
+        return out.getvalue().count(b"\n") == 1
+
+    await until(flushed, "the timed flush")
