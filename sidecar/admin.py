@@ -44,7 +44,9 @@ async def readyz(request: web.Request) -> web.Response:
     backend = "disabled" if rt.cache is None else rt.cache.store.name
     return _json(200, status="ready", rules=rt.rules.digest, cache=backend,
                  breaker="n/a" if rt.cache is None else rt.cache.breaker.state,
-                 coordination=rt.coordinator.state)
+                 coordination=rt.coordinator.state,
+                 near="off" if rt.near is None else (
+                     "in-sync" if rt.near.in_sync else "out-of-sync"))
 
 
 def _is_loopback(host: str) -> bool:
@@ -136,6 +138,10 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
         rt.metrics.purges.labels(scope, "error").inc()
         _audit(request, who, scope, shown, f"error:{type(exc).__name__}", None)
         return _json(503, error="cache_unavailable", message="the cache did not answer")
+    if scope == "key":
+        await rt.coordinator.announce((target,), None)
+    else:
+        await rt.coordinator.announce((), target)
     rt.metrics.purges.labels(scope, "ok").inc()
     rt.metrics.invalidations.labels("purge").inc(removed)
     _audit(request, who, scope, shown, "ok", removed)

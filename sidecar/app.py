@@ -21,6 +21,7 @@ from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
 from sidecar.memory_store import MemoryStore
 from sidecar.metrics import Metrics
+from sidecar.near_cache import NearCache
 from sidecar.proxy import handle
 from sidecar.redis_store import RedisStore
 from sidecar.rules import RuleSet
@@ -70,20 +71,29 @@ def build_runtime(
         invalidator = Invalidator(cache, metrics)
     metrics.config_info.labels(rules.digest).set(1)
     coordinator = Coordinator()
+    near = None
     if cache is not None and isinstance(cache.store, RedisStore):
+        # The near tier needs the invalidation channel, so it exists only beside Redis
+        # (memory:// is in-process already).
+        near = (NearCache(settings.near_max_bytes, metrics.near_flushes.inc)
+                if settings.near_max_bytes > 0 else None)
         coordinator = RedisCoordinator(
             cache, cache.store.client, cache.store.subscriber(), rules.service,
             lease_seconds=settings.lease_seconds,
-            wait_seconds=settings.lease_wait_seconds)
+            wait_seconds=settings.lease_wait_seconds, near=near)
     rt = Runtime(
         store=store, coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
         hasher=CredentialHasher(settings.key_secret, settings.credential_headers),
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
         metrics=metrics, upstream=Upstream(settings, telemetry), telemetry=telemetry,
+        near=near,
     )
     if invalidator is not None:
         invalidator.on_invalidate.append(rt.flights.forget)
+        if near is not None:
+            invalidator.on_invalidate.append(near.evict)
+        invalidator.announce = coordinator.announce
     return rt
 
 

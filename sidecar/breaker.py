@@ -34,6 +34,11 @@ class Breaker:
         self._probing = False
 
     @property
+    def closed(self) -> bool:
+        """The cheap form of `state == "closed"`, for the hit path."""
+        return self._opened_at is None
+
+    @property
     def state(self) -> str:
         if self._opened_at is None:
             return "closed"

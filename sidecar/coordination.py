@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sidecar.guarded_store import GuardedStore
+from sidecar.near_cache import NearCache
 
 log = logging.getLogger("sidecar.coordination")
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -75,18 +76,30 @@ class Coordinator:
     async def release(self, lease: Lease, key: str, field: str, prefix: str) -> None:
         return None
 
+    async def filled(self, key: str, field: str, prefix: str) -> None:
+        """Tell the other replicas that this variant changed in the store."""
+        return None
+
+    async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
+        """Tell the other replicas' near-caches that these entities changed."""
+        return None
+
 
 class RedisCoordinator(Coordinator):
     enabled = True
 
     def __init__(
         self, cache: GuardedStore, client: Redis, subscriber: Redis, service: str,
-        lease_seconds: float, wait_seconds: float,
+        lease_seconds: float, wait_seconds: float, near: NearCache | None = None,
     ) -> None:
         self.cache = cache
         self.client = client
         self.subscriber = subscriber
+        self.near = near
+        # Who sent a message: a replica does not evict what it has just stored itself.
+        self.origin = secrets.token_hex(6)
         self.channel = f"{service}:cache-filled"
+        self.invalidate_channel = f"{service}:invalidate"
         self.service = service
         self.lease_ms = int(lease_seconds * 1000)
         self.wait_seconds = min(wait_seconds, lease_seconds)
@@ -157,33 +170,81 @@ class RedisCoordinator(Coordinator):
         async def release() -> None:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.eval(_RELEASE, 1, lease.name, token)
-                pipe.publish(self.channel, f"{key}\n{field}")
+                pipe.publish(self.channel, f"{key}\n{field}\n{self.origin}")
                 await pipe.execute()
 
         await self.cache.call("release", prefix, release, None)
 
+    async def filled(self, key: str, field: str, prefix: str) -> None:
+        """A variant stored without a lease (coordination was down): still tell the others."""
+        async def publish() -> None:
+            await self.client.publish(self.channel, f"{key}\n{field}\n{self.origin}")
+
+        await self.cache.call("publish", prefix, publish, None)
+
+    async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
+        if not keys and prefix is None:
+            return
+        body = "\n".join(("P", prefix) if prefix is not None else ("K", *keys))
+
+        async def publish() -> None:
+            await self.client.publish(self.invalidate_channel, f"{self.origin}\n{body}")
+
+        await self.cache.call("publish", "invalidation", publish, None)
+
     async def _listen(self) -> None:
-        """One subscription per process; reconnects after a pause when Redis goes away."""
+        """One subscription per process; reconnects after a pause when Redis goes away.
+
+        The near-cache is in sync only between a confirmed subscription and its loss: it is
+        flushed on both edges, since messages sent while nobody listened are gone.
+        """
         while True:
-            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=False)
+            confirmed = 0
             try:
-                await pubsub.subscribe(self.channel)
-                self._subscribed.set()
+                await pubsub.subscribe(self.channel, self.invalidate_channel)
                 while True:
                     message: dict[str, Any] | None = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._wake(message["data"])
+                    if message is None:
+                        continue
+                    kind = message.get("type")
+                    if kind == "subscribe":
+                        confirmed += 1
+                        if confirmed == 2:  # both channels: nothing can slip past now
+                            self._in_sync(True)
+                            self._subscribed.set()
+                    elif kind == "message":
+                        self._on_message(message["channel"], message["data"])
             except _FAILURES as exc:
-                self._subscribed.clear()
                 log.debug("coordination subscriber lost (%s)", type(exc).__name__)
             finally:
                 self._subscribed.clear()
+                self._in_sync(False)
                 with contextlib.suppress(*_FAILURES):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(1.0)
 
-    def _wake(self, data: bytes | str) -> None:
+    def _in_sync(self, value: bool) -> None:
+        if self.near is not None:
+            self.near.flush()
+            self.near.in_sync = value
+
+    def _on_message(self, channel: bytes | str, data: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
         text = data.decode() if isinstance(data, bytes) else data
-        for future in self._waiters.pop(text, ()):
+        if name == self.invalidate_channel:
+            origin, _, body = text.partition("\n")
+            kind, _, rest = body.partition("\n")
+            if origin != self.origin and self.near is not None:
+                if kind == "P":
+                    self.near.evict(prefix=rest)
+                else:
+                    self.near.evict(tuple(rest.split("\n")))
+            return
+        key, _, rest = text.partition("\n")
+        field, _, origin = rest.partition("\n")
+        if origin != self.origin and self.near is not None:
+            self.near.evict_field(key, field)
+        for future in self._waiters.pop(f"{key}\n{field}", ()):
             if not future.done():
                 future.set_result(None)

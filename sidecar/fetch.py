@@ -81,10 +81,14 @@ async def fetch(
         rt.metrics.coalesced.labels(
             prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
     try:
-        return await _fetch_upstream(rt, match, field, raw_target, headers, relay)
+        fetched = await _fetch_upstream(rt, match, field, raw_target, headers, relay)
     finally:
         if claim.lease is not None:
             await rt.coordinator.release(claim.lease, match.key, field, prefix)
+    if fetched.entry is not None and (claim.lease is None or claim.lease.token is None):
+        # Stored without a lease message: the other replicas' near tiers still hear of it.
+        await rt.coordinator.filled(match.key, field, prefix)
+    return fetched
 
 
 async def _fetch_upstream(
@@ -95,6 +99,7 @@ async def _fetch_upstream(
     cap = rt.settings.max_body_bytes
     start = time.perf_counter()
     ticket = rt.invalidator.begin(match.key)
+    epoch = rt.near.epoch if rt.near is not None else 0
     try:
         try:
             # One deadline for the whole fill: a drip-feeding upstream cannot hold it open.
@@ -114,8 +119,12 @@ async def _fetch_upstream(
         status, reason, raw_headers, out_headers, body = read
         prefix = match.rule.key_prefix
         if status in (401, 403):
-            # The caller's credentials no longer open this entity: drop their stale copy.
+            # The caller's credentials no longer open this entity: drop their stale copy,
+            # here and in every replica's near tier.
+            if rt.near is not None:
+                rt.near.evict_field(match.key, field)
             await rt.cache.drop_field(match.key, field, prefix)
+            await rt.coordinator.filled(match.key, field, prefix)
         # Judged on the headers as received: a `Connection: Set-Cookie` must not hide one.
         not_stored = response_not_storable_reason(status, raw_headers)
         if not_stored is not None:
@@ -138,15 +147,17 @@ async def _fetch_upstream(
         if ticket.poisoned or rt.invalidator.pending(match.key):
             # Older than a write: the leader may answer with it, nobody else may reuse it.
             return Fetched(status, reason, out_headers, body, None, "invalidated")
+        keep = match.rule.ttl + match.rule.stale.keep
         stored = await rt.cache.put(
-            match.key, field, rt.codec.seal(match.key, field, entry.encode()),
-            match.rule.ttl + match.rule.stale.keep, prefix,
+            match.key, field, rt.codec.seal(match.key, field, entry.encode()), keep, prefix,
         )
         if stored and ticket.poisoned:
             # A write landed while we were storing: take our copy back out.
             if not await rt.cache.drop_field(match.key, field, prefix):
                 rt.invalidator.defer((match.key,))
             return Fetched(status, reason, out_headers, body, None, "invalidated")
+        if stored and rt.near is not None:
+            rt.near.put(match.key, field, entry, keep, epoch)
         return Fetched(status, reason, out_headers, body, entry, None if stored else "cache-error")
     finally:
         rt.invalidator.end(match.key, ticket)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sidecar.guarded_store import GuardedStore
 from sidecar.logs import RateLimitedWarning
@@ -42,6 +42,8 @@ class Invalidator:
         self._retry: asyncio.Task[None] | None = None
         # Told of every invalidation, so single-flight stops handing out older fetches.
         self.on_invalidate: list[Callable[[tuple[str, ...], str | None], None]] = []
+        # Tells the other replicas (their near-caches) once the store has been told.
+        self.announce: Callable[[tuple[str, ...], str | None], Awaitable[None]] | None = None
 
     def begin(self, key: str) -> Ticket:
         ticket = Ticket()
@@ -79,6 +81,8 @@ class Invalidator:
             self.defer(keys)
         else:
             self.metrics.invalidations.labels(kind).inc(len(keys))
+        if self.announce is not None:
+            await self.announce(keys, None)
 
     async def invalidate_prefixes(self, prefixes: tuple[str, ...]) -> None:
         """Erase every entity under these prefixes: a write hit one the sidecar cannot name.
@@ -93,6 +97,8 @@ class Invalidator:
         for prefix in prefixes:
             self.metrics.conservative_erases.labels(prefix).inc()
             await self._erase_prefix(prefix)
+            if self.announce is not None:
+                await self.announce((), prefix)
         if self._pending_prefixes:
             self._start_retry()
 
@@ -132,6 +138,8 @@ class Invalidator:
             if keys and await self.cache.delete(keys, "invalidation") is not None:
                 self._pending.difference_update(keys)
                 self.metrics.invalidations.labels("deferred").inc(len(keys))
+                if self.announce is not None:
+                    await self.announce(tuple(keys), None)
 
     async def wait_idle(self) -> None:
         """Until the pending invalidations are through (for drain and tests)."""

@@ -13,9 +13,31 @@ log = logging.getLogger("sidecar.cache")
 
 
 async def lookup(rt: Runtime, match: Match, field: str) -> Entry | None:
+    """The near tier first, then the store; what the store returns fills the near tier."""
     assert rt.cache is not None and rt.invalidator is not None
     if rt.invalidator.pending(match.key):
         return None
+    near = rt.near
+    epoch = 0
+    if near is not None:
+        if not rt.cache.breaker.closed:
+            # Redis is failing: invalidations may not be getting through. Start afresh.
+            if len(near):
+                near.flush()
+        else:
+            entry = near.get(match.key, field, rt.clock())
+            if entry is not None:
+                rt.metrics.near_hit(match.rule.key_prefix)
+                return entry
+        epoch = near.epoch
+    entry = await _from_store(rt, match, field)
+    if entry is not None and near is not None:
+        near.put(match.key, field, entry, match.rule.ttl + match.rule.stale.keep, epoch)
+    return entry
+
+
+async def _from_store(rt: Runtime, match: Match, field: str) -> Entry | None:
+    assert rt.cache is not None
     prefix = match.rule.key_prefix
     if rt.telemetry.enabled:
         with rt.telemetry.tracer.start_as_current_span("cache.lookup") as span:

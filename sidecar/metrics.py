@@ -67,6 +67,12 @@ class Metrics:
         self.invalidations = Counter(
             "cache_invalidations", "Entities erased, by kind (write, deferred, purge).",
             ["kind"], registry=r)
+        self.near_hits = Counter(
+            "cache_near_hits", "Hits answered by the in-process near tier (also counted in "
+            "cache_hits_total).", ["key_prefix"], registry=r)
+        self.near_flushes = Counter(
+            "cache_near_flushes", "Near tier flushes: the invalidation channel was lost or "
+            "(re)established, or the Redis breaker opened.", registry=r)
         self.conservative_erases = Counter(
             "cache_conservative_erases", "Writes to an id the sidecar could not read, which "
             "erased every entity under the rule's prefix.", ["key_prefix"], registry=r)
@@ -86,6 +92,7 @@ class Metrics:
                                  ["hash"], registry=r)
 
         self._hit_children: dict[str, Any] = {}
+        self._near_children: dict[str, Any] = {}
         self._latency_children: dict[tuple[str, str], Any] = {}
         self._request_children: dict[tuple[str, str, int], Any] = {}
         # No OTLP exporter: skip the no-op meter's calls on the hot path entirely.
@@ -106,6 +113,12 @@ class Metrics:
         child.inc()
         if self._otel:
             self._otel_hits.add(1, {"key_prefix": key_prefix})
+
+    def near_hit(self, key_prefix: str) -> None:
+        child = self._near_children.get(key_prefix)
+        if child is None:
+            child = self._near_children[key_prefix] = self.near_hits.labels(key_prefix)
+        child.inc()
 
     def miss(self, key_prefix: str) -> None:
         self.misses.labels(key_prefix).inc()

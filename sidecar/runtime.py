@@ -16,6 +16,7 @@ from sidecar.flights import Flights
 from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
 from sidecar.metrics import Metrics
+from sidecar.near_cache import NearCache
 from sidecar.rules import RuleSet
 from sidecar.settings import Settings
 from sidecar.store import CacheStore
@@ -42,6 +43,7 @@ class Runtime:
     telemetry: Telemetry
     access_log: AccessLog
     flights: Flights[Fetched] = field(default_factory=Flights)
+    near: NearCache | None = None  # the in-process tier in front of Redis
     clock: Callable[[], float] = time.time
     draining: bool = False
 

@@ -33,6 +33,7 @@ class Settings:
     credential_headers: tuple[str, ...] = ("Authorization", "Cookie")
     max_body_bytes: int = 1024 * 1024
     memory_max_bytes: int = 64 * 1024 * 1024
+    near_max_bytes: int = 32 * 1024 * 1024
     redis_timeout: float = 0.1
     redis_connect_timeout: float = 0.1
     redis_max_connections: int = 64
@@ -133,6 +134,7 @@ class Settings:
             credential_headers=credentials,
             max_body_bytes=integer("CACHE_MAX_BODY_BYTES", d.max_body_bytes),
             memory_max_bytes=integer("CACHE_MEMORY_MAX_BYTES", d.memory_max_bytes),
+            near_max_bytes=int(number("CACHE_NEAR_MAX_BYTES", d.near_max_bytes, minimum=-1e-9)),
             redis_timeout=number("REDIS_TIMEOUT_MS", d.redis_timeout, scale=0.001),
             redis_connect_timeout=number(
                 "REDIS_CONNECT_TIMEOUT_MS", d.redis_connect_timeout, scale=0.001

@@ -32,7 +32,10 @@ async def test_miss_then_hit_under_the_seed_key_with_the_rule_ttl(
     assert second.headers["ETag"] == first.headers["ETag"]
 
 
-async def test_a_hit_is_one_redis_round_trip(stack: Stack, redis_client: Redis) -> None:
+async def test_a_hit_is_one_redis_round_trip(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await make_stack({"CACHE_NEAR_MAX_BYTES": "0"})  # Redis only: no near tier
     await stack.proxy.get(PATIENT)
     await redis_client.config_resetstat()
     assert (await stack.proxy.get(PATIENT)).x_cache == "HIT"
@@ -199,7 +202,10 @@ async def test_conditional_request_gets_304_from_cache(stack: Stack) -> None:
     assert since.status == 304
 
 
-async def test_conditional_miss_still_stores_the_full_body(stack: Stack) -> None:
+async def test_conditional_miss_still_stores_the_full_body(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await make_stack({"CACHE_NEAR_MAX_BYTES": "0"})  # deletes behind the sidecar
     etag = (await stack.proxy.get("/api/v1/patients/7")).headers["ETag"]
     await stack.rt.cache.store.delete(["identity:patient:7"])  # type: ignore[union-attr]
     reply = await stack.proxy.get("/api/v1/patients/7", headers={"If-None-Match": etag})

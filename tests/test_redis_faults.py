@@ -32,7 +32,8 @@ async def test_redis_killed_then_restarted(
     make_stack: StackFactory, own_redis: RedisProcess
 ) -> None:
     # Connections are refused at once: no short timeout needed, only the breaker's threshold.
-    stack = await make_stack({"CACHE_BREAKER_FAILURES": "5"}, redis_url=own_redis.url)
+    stack = await make_stack({"CACHE_BREAKER_FAILURES": "5", "CACHE_NEAR_MAX_BYTES": "0"},
+                             redis_url=own_redis.url)
     assert (await stack.proxy.get(PATIENT)).x_cache == "MISS"
     assert (await stack.proxy.get(PATIENT)).x_cache == "HIT"
     own_redis.kill()

@@ -26,7 +26,8 @@ async def test_spans_per_request_with_cache_and_upstream_children(
     spans = InMemorySpanExporter()
     reader = InMemoryMetricReader()
     telemetry = Telemetry.build(SimpleSpanProcessor(spans), reader)
-    stack = await make_stack(telemetry=telemetry)
+    # Redis-only: a near-tier hit makes no cache.lookup span (no I/O to trace).
+    stack = await make_stack({"CACHE_NEAR_MAX_BYTES": "0"}, telemetry=telemetry)
     await stack.proxy.get(PATIENT, headers={"traceparent": TRACEPARENT})
     await stack.proxy.get(PATIENT, headers={"traceparent": TRACEPARENT})
     finished = spans.get_finished_spans()
