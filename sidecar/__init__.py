@@ -6,12 +6,14 @@ Data flow, one module per step::
     server -> listener (client keep-alive and header deadlines, drain within its budget)
     proxy (handler)
       -> matching (rule, key) -> policy (may it use the cache?) -> variants (which copy)
-      -> lookup -> guarded_store (deadline, breaker) -> redis_store | memory_store
+      -> lookup -> near_cache (in-process tier, evicted by coordination's channel)
+                -> guarded_store (deadline, breaker) -> redis_store (read_batcher) | memory_store
                 -> codec (AES-GCM seal) -> entry (bytes <-> stored response)
       -> hit: responses (replay, 304, Age, Cache-Status)
       -> miss: flights (single-flight) -> fetch -> coordination (cross-replica lease)
-               -> upstream (shared client session) -> policy (may it be stored?)
+               -> upstream (shared client session, upstream_framing) -> policy (storable?)
       -> anything else: forward (stream both ways) -> headers (hop-by-hop, X-Forwarded-*)
       -> writes: invalidation (erase what changed, retry while Redis is away)
-    metrics, telemetry (OTel), access_log, admin (metrics, probes, purge), reload, errors
+    metrics, telemetry (OTel), access_log (batched JSON lines), admin (metrics, probes,
+    purge), bad_requests (parser errors counted, logged rate-limited), reload, errors
 """

@@ -46,18 +46,22 @@ class GuardedStore:
         self._warn = RateLimitedWarning(log, warn_interval)
         self._in_process = getattr(store, "in_process", False)
         self._gauge = -1
+        self._timed_reads = getattr(store, "self_timed_reads", False)
 
     async def call(
         self, operation: str, prefix: str, call: Callable[[], Awaitable[T]], default: T,
+        *, timed: bool = False,
     ) -> T:
+        """Run `call` under the deadline and the breaker; `timed`: it has a deadline inside."""
         permit = self.breaker.allow()
         if permit is None:
             self.metrics.cache_errors.labels(operation, "breaker-open").inc()
             return default
         start = time.perf_counter()
         try:
-            if self._in_process:
-                result = await call()  # an in-process store cannot hang: no timer to arm
+            if self._in_process or timed:
+                # An in-process store cannot hang; a self-timed call has its own deadline.
+                result = await call()
             else:
                 async with asyncio.timeout(self.deadline):
                     result = await call()
@@ -88,7 +92,8 @@ class GuardedStore:
             self.metrics.breaker_open.set(value)
 
     async def get(self, key: str, field: str, prefix: str) -> bytes | None:
-        return await self.call("get", prefix, lambda: self.store.get(key, field), None)
+        return await self.call("get", prefix, lambda: self.store.get(key, field), None,
+                               timed=self._timed_reads)
 
     async def put(self, key: str, field: str, value: bytes, keep: int, prefix: str) -> bool:
         async def put() -> bool:

@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
+from sidecar.read_batcher import ReadBatcher
 from sidecar.settings import Settings
 
 _SCAN_BATCH = 500
@@ -29,6 +30,7 @@ def _no_maint_notifications() -> MaintNotificationsConfig:
 
 class RedisStore:
     name = "redis"
+    self_timed_reads = True  # get() enforces the deadline itself (see read_batcher.py)
 
     def __init__(self, settings: Settings, *, ssl_options: dict[str, Any] | None = None) -> None:
         self._settings = settings
@@ -48,6 +50,10 @@ class RedisStore:
             **(ssl_options or {}),
         )
         self.client: Redis = Redis(connection_pool=pool)
+        # Lookups are batched per loop turn and carry their own deadline (the guard's own
+        # timer would be a second one per request).
+        self._reads = ReadBatcher(
+            self.client, settings.redis_timeout + settings.redis_connect_timeout)
 
     def subscriber(self) -> Redis:
         """A client for one long-lived pub/sub connection: no read timeout, no retry."""
@@ -57,7 +63,7 @@ class RedisStore:
             maint_notifications_config=_no_maint_notifications(), **self._ssl)
 
     async def get(self, key: str, field: str) -> bytes | None:
-        value = await self.client.hget(key, field)
+        value = await self._reads.hget(key, field)
         return value if isinstance(value, bytes) else None
 
     async def put(self, key: str, field: str, value: bytes, keep: int) -> None:
@@ -89,4 +95,5 @@ class RedisStore:
         await self.client.ping()
 
     async def close(self) -> None:
+        await self._reads.close()
         await self.client.aclose()
