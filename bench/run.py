@@ -1,290 +1,429 @@
-"""Benchmark the sidecar against the stub it fronts, with real processes and wrk.
+"""`make bench`: bare aiohttp, nginx proxy_cache and the sidecar, measured in one run.
 
-Real subprocesses (redis-server, stub, sidecar) on free ports, so the numbers include the
-sockets, event loops and Redis round trips a deployment pays; in-process tests would not.
+Every server under test (and its Redis) is pinned to CPU 0, wrk and the stub upstreams to
+CPU 1; scenarios are interleaved over several rounds, and each run records how much CPU
+processes outside the bench used, so a noisy round shows. Figures are medians over rounds;
+compare ratios within one run, not numbers between machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import platform
-import re
+import resource
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
+from bench.measure import (
+    Run,
+    machine_busy,
+    median_run,
+    other_cpu,
+    parse_wrk,
+    process_cpu,
+    ratio,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-PATH = "/api/v1/patients/42"
+SERVER_CPU, LOAD_CPU = "0", "1"
 AUTH = "Bearer bench"
-STUB_DELAYS = {"STUB_PG_DELAY_MS": "2", "STUB_FHIR_DELAY_MS": "8"}
-# Each wrk thread gets its own Lua state; setup() hands each a disjoint id range so no id
-# repeats (1e8 ids per thread, far more than one run sends) and none overlaps id 42.
-MISS_LUA = """local threads = 0
-function setup(t) t:set("next_id", 1000000 + threads * 100000000); threads = threads + 1 end
-function request()
-  next_id = next_id + 1
-  return wrk.format("GET", "/api/v1/patients/" .. string.format("%d", next_id - 1))
+BODY_BYTES = "1500"  # the stub pads patient bodies to ~1.5 KB (a test hook header)
+HOT_KEYS = 2001
+CYCLE_LUA = f"""local i = 0
+request = function()
+  i = (i % {HOT_KEYS}) + 1
+  return wrk.format("GET", "/api/v1/patients/" .. i)
 end
 """
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-_COUNTERS = ("cache_hits_total", "cache_misses_total", "cache_bypass_total")
-
-
-@dataclass(frozen=True)
-class Result:
-    name: str
-    rps: float
-    p50: float  # milliseconds
-    p90: float
-    p99: float
-    requests: int
-    non2xx: int
-    socket_errors: int
-    stub_cpu: float = 0.0  # % of one core over the run
-    sidecar_cpu: float | None = None
-    other_cpu: float = 0.0  # whole machine minus this bench's processes and wrk
-    hits: int | None = None  # sidecar counter deltas over the run, None for `direct`
-    misses: int | None = None
-    bypass: int | None = None
+# A fresh id per request (a miss every time); the base differs per run so rounds never repeat.
+FRESH_LUA = """local next_id = 0
+function init(args) next_id = tonumber(args[1]) end
+request = function()
+  next_id = next_id + 1
+  return wrk.format("GET", "/api/v1/patients/" .. string.format("%d", next_id))
+end
+"""
+NGINX_CONF = """user root;
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  proxy_cache_path {tmp}/nginx-cache levels=1:2 keys_zone=identity:16m inactive=60m;
+  upstream stub {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  # Like the sidecar's rules: one copy per credential, patient and professional 600 s,
+  # dashboard 300 s; everything else passes through.
+  proxy_cache_key $request_uri$http_authorization;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  server {{
+    listen 127.0.0.1:{port};
+    location ~ ^/api/v1/(patients|professionals)/[0-9]+$ {{
+      proxy_cache identity; proxy_cache_valid 200 600s; proxy_pass http://stub;
+    }}
+    location = /api/v1/statistics/dashboard {{
+      proxy_cache identity; proxy_cache_valid 200 300s; proxy_pass http://stub;
+    }}
+    location / {{ proxy_pass http://stub; }}
+  }}
+}}
+"""
 
 
 def free_port() -> int:
-    """Port 0 lets the kernel pick, so parallel runs and a local `make run` never collide."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's SIDECAR_/CACHE_/REDIS_/... variables would silently change the setup."""
-    prefixes = ("SIDECAR_", "CACHE_", "REDIS_", "UPSTREAM_", "STUB_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    return env | extra
+    """The caller's SIDECAR_/CACHE_/... variables would silently change the setup."""
+    prefixes = ("SIDECAR_", "CACHE_", "REDIS_", "UPSTREAM_", "STUB_", "OTEL_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | extra
 
 
-PROCS: list[subprocess.Popen[bytes]] = []  # everything spawned, stopped in `finally`
+def ensure_tools() -> None:
+    missing = [p for p, tool in (("wrk", "wrk"), ("nginx", "nginx"), ("redis-server",
+                                 "redis-server")) if shutil.which(tool) is None]
+    if missing:
+        print(f"# installing {' '.join(missing)}", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
 
 
-def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    PROCS.append(proc)
-    return proc
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    cpu_pids: list[int] = field(default_factory=list)  # whose CPU counts as the server's
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()  # a no-op once the process has been reaped
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+class Bench:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.base_id = 10_000_000
+
+    def spawn(self, name: str, cpu: str, cmd: list[str], env: dict[str, str],
+              ) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(["taskset", "-c", cpu, *cmd], env=env, cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc, log
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def all_pids(self) -> list[int]:
+        pids = [p.pid for p in self.procs if p.poll() is None]
+        for pid in list(pids):  # nginx workers are children of the master
+            children = Path(f"/proc/{pid}/task/{pid}/children")
+            if children.exists():
+                pids += [int(c) for c in children.read_text().split()]
+        return pids
 
 
-def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+def http_get(port: int, path: str) -> tuple[int, dict[str, str]]:
     with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=5)) as conn:
-        conn.request("GET", path, headers=headers)
+        conn.request("GET", path, headers={"Authorization": AUTH, "X-Stub-Body-Bytes": BODY_BYTES})
         resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
+        resp.read()
+        return resp.status, dict(resp.getheaders())
 
 
-def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path,
-               what: str) -> None:
-    """Poll until `ready()` is true; fail fast with the log tail if the process died."""
-    deadline = time.monotonic() + 20
+def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            sys.exit(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if ready():
+            if http_get(port, path)[0] == 200:
                 return
         except OSError:
             pass
         time.sleep(0.1)
-    sys.exit(f"{what} not ready after 20s:\n{log.read_text()[-2000:]}")
+    sys.exit(f"not ready after 30 s:\n{log.read_text()[-3000:]}")
 
 
-def redis_pong(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-        s.sendall(b"PING\r\n")
-        return s.recv(16).startswith(b"+PONG")
+def start(bench: Bench) -> dict[str, Server]:
+    py = sys.executable
+    servers: dict[str, Server] = {}
+    rport = free_port()
+    redis, rlog = bench.spawn("redis", SERVER_CPU, [
+        "redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no"], clean_env())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", rport), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            time.sleep(0.05)
+    patient = "/api/v1/patients/1"
+    for name, delay in (("stub-fast", "0"), ("stub-slow", "10")):
+        port = free_port()
+        proc, log = bench.spawn(name, LOAD_CPU, [py, "-m", "upstream_stub"], clean_env(
+            STUB_PORT=str(port), STUB_PG_DELAY_MS=delay, STUB_FHIR_DELAY_MS=delay))
+        wait_ready(port, patient, proc, log)
+        servers[name] = Server(name, port, proc, log, [proc.pid])
+    port = free_port()
+    proc, log = bench.spawn("hello", SERVER_CPU, [py, "-m", "bench.hello", str(port)],
+                            clean_env())
+    wait_ready(port, patient, proc, log)
+    servers["hello"] = Server("hello", port, proc, log, [proc.pid])
+    port = free_port()
+    conf = bench.tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=bench.tmp, port=port,
+                                      upstream=servers["stub-fast"].port))
+    proc, log = bench.spawn("nginx", SERVER_CPU, ["nginx", "-c", str(conf), "-p",
+                                                  str(bench.tmp)], clean_env())
+    wait_ready(port, patient, proc, log)
+    servers["nginx"] = Server("nginx", port, proc, log)
+    redis_url = f"redis://127.0.0.1:{rport}/0"
+    sidecars = {  # shipped defaults (access log on) except what each scenario is about
+        "sidecar-memory": ("stub-fast", {"REDIS_URL": "memory://"}),
+        "sidecar-near": ("stub-fast", {"REDIS_URL": redis_url}),
+        "sidecar-redis": ("stub-fast", {"REDIS_URL": redis_url, "CACHE_NEAR_MAX_BYTES": "0"}),
+        "sidecar-miss": ("stub-slow", {"REDIS_URL": redis_url}),
+        "sidecar-off": ("stub-slow", {"REDIS_URL": redis_url, "CACHE_ENABLED": "false"}),
+    }
+    for name, (upstream, env) in sidecars.items():
+        port, admin = free_port(), free_port()
+        proc, log = bench.spawn(name, SERVER_CPU, [py, "-m", "sidecar"], clean_env(
+            UPSTREAM_URL=f"http://127.0.0.1:{servers[upstream].port}",
+            SIDECAR_PORT=str(port), SIDECAR_ADMIN_PORT=str(admin),
+            SIDECAR_ADMIN_HOST="127.0.0.1", CACHE_KEY_SECRET="bench", **env))
+        wait_ready(port, patient, proc, log)
+        servers[name] = Server(name, port, proc, log, [proc.pid])
+    servers["redis"] = Server("redis", rport, redis, rlog, [redis.pid])
+    # nginx: the worker does the work; the master only supervises.
+    master = servers["nginx"].proc.pid
+    kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    servers["nginx"].cpu_pids = [int(k) for k in kids] or [master]
+    return servers
 
 
-def metric_totals(admin_port: int) -> dict[str, int]:
-    """Sum each cache counter over its labels, from the admin port's Prometheus text."""
-    _, _, body = get(admin_port, "/metrics", {})
-    totals = dict.fromkeys(_COUNTERS, 0)
-    for line in body.decode().splitlines():
-        m = re.match(r"(\w+)(?:\{.*\})? (\S+)$", line)
-        if m and m[1] in totals:
-            totals[m[1]] += int(float(m[2]))
-    return totals
-
-
-def parse_wrk(name: str, out: str) -> Result:
-    """wrk prints durations as e.g. 812.00us, 1.23ms, 1.02s or 1.50m."""
-    found = re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s|m)$", out, re.M)
-    pct = {int(p): float(v) * _UNITS[unit] for p, v, unit in found}
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    if rps is None or total is None or len(pct) != 3:
-        raise ValueError(f"unexpected wrk output for {name}:\n{out}")
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return Result(name, float(rps[1]), pct[50], pct[90], pct[99], int(total[1]),
-                  int(non2xx[1]) if non2xx else 0,
-                  sum(int(g) for g in errs.groups()) if errs else 0)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU of a process: shows which one saturates the shared cores."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_seconds() -> float:
-    """User+nice+system CPU of the whole machine, to spot load from outside this bench."""
-    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return sum(int(x) for x in cpu[1:4]) / os.sysconf("SC_CLK_TCK")
-
-
-def wrk(args: argparse.Namespace, name: str, url: str, *extra: str, stub: int, redis: int,
-        sidecar: tuple[int, int] | None = None) -> Result:
-    """One wrk run; `sidecar` (pid, admin port) adds its CPU and cache counter deltas."""
-    cmd = ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-           "-H", f"Authorization: {AUTH}", *extra, url]
-    print(f"# {name}: {' '.join(cmd)}", file=sys.stderr)
-    pids = [stub, redis, os.getpid()] + ([sidecar[0]] if sidecar else [])
-    cpu0, m0 = [cpu_seconds(p) for p in pids], metric_totals(sidecar[1]) if sidecar else {}
-    started, machine0, wrk0 = time.monotonic(), machine_seconds(), os.times()
+def wrk(bench: Bench, port: int, conns: int, seconds: int, script: Path,
+        cpu_pids: list[int], *args: str) -> Run:
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
+           "--latency", "-H", f"Authorization: {AUTH}", "-H", f"X-Stub-Body-Bytes: {BODY_BYTES}",
+           "-s", str(script), f"http://127.0.0.1:{port}/", *(["--", *args] if args else [])]
+    pids = bench.all_pids()
+    before = {p: process_cpu(p) for p in pids}
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self0 = resource.getrusage(resource.RUSAGE_SELF)
+    machine0, started = machine_busy(), time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    elapsed, wrk1 = time.monotonic() - started, os.times()
-    used = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
-    used.append(wrk1.children_user + wrk1.children_system - wrk0.children_user
-                - wrk0.children_system)  # wrk: the only child reaped during the run
-    other = 100 * (machine_seconds() - machine0 - sum(used)) / elapsed
-    result = replace(parse_wrk(name, done.stdout), stub_cpu=100 * used[0] / elapsed,
-                     other_cpu=max(other, 0.0))
-    if not sidecar:
-        return result
-    d = {k: v - m0[k] for k, v in metric_totals(sidecar[1]).items()}
-    return replace(result, sidecar_cpu=100 * used[3] / elapsed, hits=d["cache_hits_total"],
-                   misses=d["cache_misses_total"], bypass=d["cache_bypass_total"])
+    elapsed, machine1 = time.monotonic() - started, machine_busy()
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self1 = resource.getrusage(resource.RUSAGE_SELF)
+    used = {p: process_cpu(p) - before[p] for p in pids if Path(f"/proc/{p}").exists()}
+    ours = sum(used.values()) + (children1.ru_utime + children1.ru_stime
+                                 - children0.ru_utime - children0.ru_stime) + (
+        self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime)
+    rps, p50, p99, requests, errors = parse_wrk(done.stdout)
+    server_cpu = sum(used.get(p, 0.0) for p in cpu_pids)
+    return Run(rps, p50, p99, requests, errors,
+               1e6 * server_cpu / requests if requests else 0.0,
+               other_cpu(machine1 - machine0, ours, elapsed))
 
 
-def report(results: list[Result], args: argparse.Namespace, notes: list[str]) -> str:
-    by = {r.name: r for r in results}
-    direct = by["direct"]
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    server: str
+    conns: int
+    script: str  # "cycle" (2,001 warm keys) or "fresh" (a new id per request)
 
-    def cell(v: float | None, fmt: str = "d") -> str:
-        return "-" if v is None else format(v, fmt) + ("%" if fmt == ".0f" else "")
 
-    rows = [f"| {r.name} | {r.rps:,.0f} | {r.p50:.2f} | {r.p90:.2f} | {r.p99:.2f} | "
-            f"{r.requests} | {r.non2xx} | {r.socket_errors} | {r.stub_cpu:.0f}% | "
-            f"{cell(r.sidecar_cpu, '.0f')} | {r.other_cpu:.0f}% | {cell(r.hits)} | "
-            f"{cell(r.misses)} | {cell(r.bypass)} |" for r in results]
-    ratios = [
-        ("hit p50 / direct p50", by["sidecar-hit"].p50 / direct.p50),
-        ("hit req/s / direct req/s", by["sidecar-hit"].rps / direct.rps),
-        ("miss p50 / direct p50", by["sidecar-miss"].p50 / direct.p50),
-        ("bypass p50 / direct p50", by["sidecar-bypass"].p50 / direct.p50),
-        ("hit (memory) p50 / direct p50", by["sidecar-hit-memory"].p50 / direct.p50),
-        ("hit (memory) req/s / direct req/s", by["sidecar-hit-memory"].rps / direct.rps),
+SCENARIOS = [
+    Scenario("bare aiohttp hello", "hello", 64, "cycle"),
+    Scenario("nginx proxy_cache hit", "nginx", 64, "cycle"),
+    Scenario("sidecar memory:// hit", "sidecar-memory", 64, "cycle"),
+    Scenario("sidecar Redis hit, near tier", "sidecar-near", 64, "cycle"),
+    Scenario("sidecar Redis hit, no near tier", "sidecar-redis", 64, "cycle"),
+    Scenario("bare aiohttp hello", "hello", 1, "cycle"),
+    Scenario("nginx proxy_cache hit", "nginx", 1, "cycle"),
+    Scenario("sidecar memory:// hit", "sidecar-memory", 1, "cycle"),
+    Scenario("sidecar Redis hit, near tier", "sidecar-near", 1, "cycle"),
+    Scenario("sidecar Redis hit, no near tier", "sidecar-redis", 1, "cycle"),
+    Scenario("direct to a 20 ms upstream", "stub-slow", 1, "fresh"),
+    Scenario("sidecar miss over it (Redis)", "sidecar-miss", 1, "fresh"),
+    Scenario("sidecar pass-through (cache off)", "sidecar-off", 1, "fresh"),
+]
+
+
+def profile(bench: Bench, servers: dict[str, Server], scripts: dict[str, Path],
+            seconds: int) -> list[str]:
+    """py-spy on the memory and Redis hit paths: the top inclusive frames."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True)
+    lines: list[str] = []
+    for name in ("sidecar-memory", "sidecar-redis"):
+        raw = bench.tmp / f"{name}.raw"
+        rec = subprocess.Popen([str(spy), "record", "-p", str(servers[name].proc.pid), "-d",
+                                str(seconds), "-r", "250", "-f", "raw", "-o", str(raw)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # py-spy attaches before the load starts
+        wrk(bench, servers[name].port, 64, seconds - 2, scripts["cycle"], [])
+        rec.wait(timeout=60)
+        lines += [f"### {name}, wrk -c64 ({'py-spy, % of samples, inclusive'})", "",
+                  "| share | function |", "|---:|---|",
+                  *[f"| {share:.1f}% | `{frame}` |" for frame, share in top_frames(raw)], ""]
+    return lines
+
+
+def top_frames(raw: Path, count: int = 22) -> list[tuple[str, float]]:
+    total, inclusive = 0, Counter[str]()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        samples = int(n)
+        total += samples
+        seen: set[str] = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (")[0] + " " + frame.split("/")[-1].split(":")[0] \
+                if "(" in frame else frame
+            if name not in seen:
+                inclusive[name] += samples
+                seen.add(name)
+    skip = ("run", "_run", "main", "<module>", "Runner", "BaseEventLoop", "Handle._run",
+            "_run_module", "_run_code")
+    return [(k, 100 * v / total) for k, v in inclusive.most_common(count + 12)
+            if not k.startswith(skip)][:count] if total else []
+
+
+def report(results: dict[tuple[str, int], Run], rounds: int, args: argparse.Namespace,
+           extra: list[str]) -> str:
+    def row(s: Scenario) -> str:
+        r = results[(s.name, s.conns)]
+        hello = results[("bare aiohttp hello", s.conns)]
+        nginx = results[("nginx proxy_cache hit", s.conns)]
+        cells = [ratio(r.rps, hello.rps), ratio(r.rps, nginx.rps)] if s.conns > 1 else [
+            ratio(r.p50, hello.p50), ratio(r.p50, nginx.p50)]
+        shown = " | ".join("-" if c is None else f"{c:.2f}" for c in cells)
+        return (f"| {s.name} | c{s.conns} | {r.rps:,.0f} | {r.p50:.3f} | {r.p99:.3f} | "
+                f"{r.cpu_us_per_request:.0f} | {shown} | {r.errors} | {r.other_cpu:.0f}% |")
+
+    def get(name: str, conns: int) -> Run:
+        return results[(name, conns)]
+
+    direct = get("direct to a 20 ms upstream", 1)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or "unknown"
+    near64, redis64 = get("sidecar Redis hit, near tier", 64), get(
+        "sidecar Redis hit, no near tier", 64)
+    derived = [
+        f"- miss adds **{get('sidecar miss over it (Redis)', 1).p50 - direct.p50:.2f} ms** p50 "
+        "over calling the upstream directly (c1)",
+        f"- pass-through adds **{get('sidecar pass-through (cache off)', 1).p50 - direct.p50:.2f}"
+        " ms** p50 (c1)",
+        f"- Redis-only hit p99/p50 at c64: **{redis64.p99 / redis64.p50:.1f}**; near-tier hit: "
+        f"**{near64.p99 / near64.p50:.1f}**",
+        f"- memory hit p50 at c1 / bare aiohttp p50: **"
+        f"{get('sidecar memory:// hit', 1).p50 / get('bare aiohttp hello', 1).p50:.2f}**",
     ]
     return "\n".join([
         "# Sidecar benchmark", "",
-        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
-        f"- Machine: nproc={len(os.sched_getaffinity(0))}, {platform.machine()}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
-        f"- wrk: `-t2 -c{args.connections} -d{args.duration}s --latency`, "
-        f"`Authorization: {AUTH}`",
-        f"- Stub delays: PostgreSQL {STUB_DELAYS['STUB_PG_DELAY_MS']} ms, "
-        f"FHIR {STUB_DELAYS['STUB_FHIR_DELAY_MS']} ms (a patient GET pays both)",
-        *[f"- {n}" for n in notes],
-        "- **wrk, the stub, redis-server and the sidecar share these cores on one machine**: "
-        "absolute numbers are contended and only the ratios within this run compare.", "",
-        "| scenario | req/s | p50 ms | p90 ms | p99 ms | requests | non-2xx | socket errors "
-        "| stub CPU | sidecar CPU | other CPU | Δhits | Δmisses | Δbypass |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
-        "CPU: % of one core used during the run (100% = that event loop is saturated); "
-        "`other` is load from outside this bench (a few % of kernel noise is normal; more "
-        "means the row is skewed). Δhits/Δmisses/Δbypass: change of the sidecar's "
-        "`cache_*_total` counters over the run.",
-        "", "## Ratios (same run)", "",
-        *[f"- {label}: **{value:.2f}**" for label, value in ratios], "",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, commit `{commit}`",
+        f"- Machine: nproc={os.cpu_count()}, {platform.machine()}, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}",
+        f"- {rounds} interleaved rounds; c64 runs {args.seconds} s, c1 runs {args.c1_seconds} s; "
+        f"medians over rounds. Servers under test and Redis on CPU {SERVER_CPU}, wrk "
+        f"(`-t1`) and the stub upstreams on CPU {LOAD_CPU}.",
+        f"- c64 runs cycle over {HOT_KEYS:,} warm keys with ~1.5 KB JSON bodies; `fresh` runs "
+        "ask a new patient id per request. Shipped defaults (access log on).",
+        "- Ratios: c64 rows compare req/s; c1 rows compare p50 (lower is better).", "",
+        "| scenario | conns | req/s | p50 ms | p99 ms | CPU µs/req | × bare aiohttp | × nginx "
+        "| errors | other CPU (max) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[row(s) for s in SCENARIOS], "",
+        "`other CPU`: % of one core used by processes outside the bench during the noisiest "
+        "round of that row; above ~10 % the row is skewed.", "",
+        "## Derived (same run)", "", *derived, "", *extra,
+        "Reproduce: `make bench` (`.venv/bin/python -m bench.run --help` for options).", "",
     ])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=Path("bench/results.md"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5, help="per c64 run")
+    parser.add_argument("--c1-seconds", type=int, default=4, help="per c1 run")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s runs")
+    parser.add_argument("--profile", action="store_true", help="add py-spy tables")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.c1_seconds = 1, 2, 2
+    ensure_tools()
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
-        logs, lua = Path(tmp), Path(tmp) / "miss.lua"
-        lua.write_text(MISS_LUA)
+        bench = Bench(Path(tmp))
+        scripts = {"cycle": Path(tmp) / "cycle.lua", "fresh": Path(tmp) / "fresh.lua"}
+        scripts["cycle"].write_text(CYCLE_LUA)
+        scripts["fresh"].write_text(FRESH_LUA)
         try:
-            rport, sport = free_port(), free_port()
-            redis = spawn(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                           "--save", "", "--appendonly", "no"], clean_env(), logs / "redis.log")
-            wait_until(lambda: redis_pong(rport), redis, logs / "redis.log", "redis-server")
-            stub = spawn([sys.executable, "-m", "upstream_stub"],
-                         clean_env(STUB_PORT=str(sport), STUB_TEST_HOOKS="false", **STUB_DELAYS),
-                         logs / "stub.log")
-            auth = {"Authorization": AUTH}
-            wait_until(lambda: get(sport, PATH, auth)[0] == 200, stub, logs / "stub.log", "stub")
-
-            def start_sidecar(redis_url: str) -> tuple[subprocess.Popen[bytes], int, int]:
-                port, admin = free_port(), free_port()
-                log = logs / f"sidecar-{redis_url.split(':')[0]}.log"
-                proc = spawn([sys.executable, "-m", "sidecar"], clean_env(
-                    UPSTREAM_URL=f"http://127.0.0.1:{sport}", REDIS_URL=redis_url,
-                    SIDECAR_PORT=str(port), SIDECAR_ADMIN_PORT=str(admin),
-                    SIDECAR_ACCESS_LOG_SAMPLE="0", SIDECAR_LOG_LEVEL="WARNING",
-                    CACHE_KEY_SECRET="bench"), log)  # noqa: S106 (throwaway cache)
-                wait_until(lambda: get(admin, "/readyz", {})[0] == 200, proc, log, "sidecar")
-                first = get(port, PATH, auth)[0]  # prime, then check the copy is served
-                second, headers, _ = get(port, PATH, auth)
-                if (first, second, headers.get("X-Cache")) != (200, 200, "HIT"):
-                    sys.exit(f"priming failed: {first}/{second} headers={headers}")
-                return proc, port, admin
-
-            bench = partial(wrk, args, stub=stub.pid, redis=redis.pid)
-            results = [bench("direct", f"http://127.0.0.1:{sport}{PATH}")]
-            sidecar, port, admin = start_sidecar(f"redis://127.0.0.1:{rport}/0")
-            ready = json.loads(get(admin, "/readyz", {})[2])
-            notes = [f"Sidecar readiness: cache={ready.get('cache')}, "
-                     f"breaker={ready.get('breaker')}"]
-            url = f"http://127.0.0.1:{port}"
-            run = partial(bench, sidecar=(sidecar.pid, admin))
-            results += [
-                run("sidecar-hit", url + PATH),
-                run("sidecar-miss", url + "/", "-s", str(lua)),
-                run("sidecar-bypass", url + PATH, "-H", "Cache-Control: no-store"),
-            ]
-            stop(sidecar)
-            sidecar, port, admin = start_sidecar("memory://")
-            results.append(bench("sidecar-hit-memory", f"http://127.0.0.1:{port}{PATH}",
-                                 sidecar=(sidecar.pid, admin)))
+            servers = start(bench)
+            for name in ("nginx", "sidecar-memory", "sidecar-near", "sidecar-redis"):
+                wrk(bench, servers[name].port, 64, 3, scripts["cycle"], [])  # warm 2,001 keys
+                status, headers = http_get(servers[name].port, "/api/v1/patients/7")
+                print(f"# warmed {name}: {status} {headers.get('X-Cache', '')}"
+                      f"{headers.get('X-Cache-Status', '')}", file=sys.stderr)
+            runs: dict[tuple[str, int], list[Run]] = {}
+            for round_no in range(args.rounds):
+                for s in SCENARIOS:
+                    seconds = args.seconds if s.conns > 1 else args.c1_seconds
+                    extra: list[str] = []
+                    if s.script == "fresh":
+                        bench.base_id += 10_000_000
+                        extra = [str(bench.base_id)]
+                    run = wrk(bench, servers[s.server].port, s.conns, seconds,
+                              scripts[s.script], servers[s.server].cpu_pids, *extra)
+                    runs.setdefault((s.name, s.conns), []).append(run)
+                    print(f"# round {round_no + 1} {s.name} c{s.conns}: {run.rps:,.0f} req/s "
+                          f"p50 {run.p50:.3f} ms, other {run.other_cpu:.0f}%", file=sys.stderr)
+            lines = profile(bench, servers, scripts, 8) if args.profile else []
+            if lines:
+                lines = ["## Where the CPU goes (py-spy, this run)", "", *lines]
+            text = report({k: median_run(v) for k, v in runs.items()}, args.rounds, args,
+                          lines)
         finally:
-            for proc in reversed(PROCS):
-                stop(proc)
-    text = report(results, args, notes)
+            bench.stop_all()
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    previous = args.out.read_text() if args.out.exists() else ""
+    notes = previous.partition("<!-- notes -->")[2]
+    args.out.write_text(text + ("<!-- notes -->" + notes if notes else ""))
 
 
 if __name__ == "__main__":

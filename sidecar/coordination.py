@@ -29,11 +29,12 @@ _FAILURES = (RedisError, OSError, TimeoutError)
 
 
 class Lease:
-    __slots__ = ("name", "token")
+    __slots__ = ("name", "released", "token")
 
     def __init__(self, name: str, token: str | None) -> None:
         self.name = name
         self.token = token  # None: coordination unavailable, proceed alone
+        self.released = False  # released with the store, wake-up sent
 
 
 class Claim:
@@ -79,6 +80,10 @@ class Coordinator:
     async def filled(self, key: str, field: str, prefix: str) -> None:
         """Tell the other replicas that this variant changed in the store."""
         return None
+
+    def release_commands(self, lease: Lease, key: str, field: str) -> list[tuple[str | int, ...]]:
+        """The release and its wake-up as raw commands, to ride along with the store."""
+        return []
 
     async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
         """Tell the other replicas' near-caches that these entities changed."""
@@ -163,7 +168,7 @@ class RedisCoordinator(Coordinator):
                 del self._waiters[message]
 
     async def release(self, lease: Lease, key: str, field: str, prefix: str) -> None:
-        if lease.token is None:
+        if lease.token is None or lease.released:
             return
         token = lease.token
 
@@ -174,6 +179,12 @@ class RedisCoordinator(Coordinator):
                 await pipe.execute()
 
         await self.cache.call("release", prefix, release, None)
+
+    def release_commands(self, lease: Lease, key: str, field: str) -> list[tuple[str | int, ...]]:
+        if lease.token is None or lease.released:
+            return []
+        return [("EVAL", _RELEASE, 1, lease.name, lease.token),
+                ("PUBLISH", self.channel, f"{key}\n{field}\n{self.origin}")]
 
     async def filled(self, key: str, field: str, prefix: str) -> None:
         """A variant stored without a lease (coordination was down): still tell the others."""

@@ -17,6 +17,7 @@ from email.utils import formatdate
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from sidecar.coordination import Lease
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.headers import COMPUTED_PER_ANSWER, client_headers
@@ -80,12 +81,13 @@ async def fetch(
             return _from_replica(entry)
         rt.metrics.coalesced.labels(
             prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
+    lease = claim.lease
     try:
-        fetched = await _fetch_upstream(rt, match, field, raw_target, headers, relay)
+        fetched = await _fetch_upstream(rt, match, field, raw_target, headers, relay, lease)
     finally:
-        if claim.lease is not None:
-            await rt.coordinator.release(claim.lease, match.key, field, prefix)
-    if fetched.entry is not None and (claim.lease is None or claim.lease.token is None):
+        if lease is not None:  # not released with the store (nothing stored, or it failed)
+            await rt.coordinator.release(lease, match.key, field, prefix)
+    if fetched.entry is not None and (lease is None or lease.token is None):
         # Stored without a lease message: the other replicas' near tiers still hear of it.
         await rt.coordinator.filled(match.key, field, prefix)
     return fetched
@@ -93,7 +95,7 @@ async def fetch(
 
 async def _fetch_upstream(
     rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
-    relay: bool,
+    relay: bool, lease: Lease | None = None,
 ) -> Fetched:
     assert rt.invalidator is not None and rt.cache is not None
     cap = rt.settings.max_body_bytes
@@ -148,9 +150,15 @@ async def _fetch_upstream(
             # Older than a write: the leader may answer with it, nobody else may reuse it.
             return Fetched(status, reason, out_headers, body, None, "invalidated")
         keep = match.rule.ttl + match.rule.stale.keep
+        # The lease release and its wake-up ride in the store's round trip.
+        after = rt.coordinator.release_commands(lease, match.key, field) if lease else []
         stored = await rt.cache.put(
             match.key, field, rt.codec.seal(match.key, field, entry.encode()), keep, prefix,
+            after,
         )
+        if stored and after:
+            assert lease is not None
+            lease.released = True  # the caller's `finally` has nothing left to do
         if stored and ticket.poisoned:
             # A write landed while we were storing: take our copy back out.
             if not await rt.cache.drop_field(match.key, field, prefix):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from redis.exceptions import TimeoutError as RedisTimeout
@@ -95,9 +95,10 @@ class GuardedStore:
         return await self.call("get", prefix, lambda: self.store.get(key, field), None,
                                timed=self._timed_reads)
 
-    async def put(self, key: str, field: str, value: bytes, keep: int, prefix: str) -> bool:
+    async def put(self, key: str, field: str, value: bytes, keep: int, prefix: str,
+                  after: Sequence[tuple[str | int, ...]] = ()) -> bool:
         async def put() -> bool:
-            await self.store.put(key, field, value, keep)
+            await self.store.put(key, field, value, keep, after)
             return True
         return await self.call("set", prefix, put, False)
 

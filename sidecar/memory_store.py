@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 class MemoryStore:
@@ -45,7 +45,8 @@ class MemoryStore:
         fields = self._live(key)
         return None if fields is None else fields.get(field)
 
-    async def put(self, key: str, field: str, value: bytes, keep: int) -> None:
+    async def put(self, key: str, field: str, value: bytes, keep: int,
+                  after: Sequence[tuple[str | int, ...]] = ()) -> None:
         size = len(field) + len(value)
         if size > self.max_bytes:
             return

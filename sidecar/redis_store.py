@@ -7,6 +7,7 @@ and there is no retry: the caller falls back to the upstream instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -66,10 +67,14 @@ class RedisStore:
         value = await self._reads.hget(key, field)
         return value if isinstance(value, bytes) else None
 
-    async def put(self, key: str, field: str, value: bytes, keep: int) -> None:
+    async def put(self, key: str, field: str, value: bytes, keep: int,
+                  after: Sequence[tuple[str | int, ...]] = ()) -> None:
+        """`MULTI HSET EXPIRE [EVAL PUBLISH] EXEC`: one round trip, never a key without TTL."""
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(key, field, value)
             pipe.expire(key, keep)
+            for command in after:
+                pipe.execute_command(*command)
             await pipe.execute()
 
     async def drop_field(self, key: str, field: str) -> None:
