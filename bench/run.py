@@ -223,7 +223,7 @@ def start(bench: Bench) -> dict[str, Server]:
         proc, log = bench.spawn(name, SERVER_CPU, [py, "-m", "sidecar"], clean_env(
             UPSTREAM_URL=f"http://127.0.0.1:{servers[upstream].port}",
             SIDECAR_PORT=str(port), SIDECAR_ADMIN_PORT=str(admin),
-            SIDECAR_ADMIN_HOST="127.0.0.1", CACHE_KEY_SECRET="bench", **env))
+            SIDECAR_ADMIN_HOST="127.0.0.1", CACHE_KEY_SECRET="bench", **env))  # noqa: S106
         wait_ready(port, patient, proc, log)
         servers[name] = Server(name, port, proc, log, [proc.pid])
     servers["redis"] = Server("redis", rport, redis, rlog, [redis.pid])
@@ -365,7 +365,7 @@ def report(results: dict[tuple[str, int], Run], rounds: int, args: argparse.Name
         f"- c64 runs cycle over {HOT_KEYS:,} warm keys with ~1.5 KB JSON bodies; `fresh` runs "
         "ask a new patient id per request. Shipped defaults (access log on).",
         "- Ratios: c64 rows compare req/s; c1 rows compare p50 (lower is better).", "",
-        "| scenario | conns | req/s | p50 ms | p99 ms | CPU µs/req | × bare aiohttp | × nginx "
+        "| scenario | conns | req/s | p50 ms | p99 ms | CPU µs/req | x bare aiohttp | x nginx "
         "| errors | other CPU (max) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[row(s) for s in SCENARIOS], "",

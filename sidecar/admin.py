@@ -130,10 +130,14 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
                 if rt.invalidator is not None:
                     rt.invalidator.poison((target,))
                 removed = await store.delete([target])
+                if rt.invalidator is not None:  # reads during the delete refilled nothing
+                    rt.invalidator.poison((target,))
             else:
                 if rt.invalidator is not None:
                     rt.invalidator.poison(prefix=target)
                 removed = await store.delete_prefix(target)
+                if rt.invalidator is not None:  # nor reads during the (slow) SCAN
+                    rt.invalidator.poison(prefix=target)
     except (RedisError, OSError, TimeoutError) as exc:
         rt.metrics.purges.labels(scope, "error").inc()
         _audit(request, who, scope, shown, f"error:{type(exc).__name__}", None)

@@ -94,6 +94,8 @@ def build_runtime(
         if near is not None:
             invalidator.on_invalidate.append(near.evict)
         invalidator.announce = coordinator.announce
+        if isinstance(coordinator, RedisCoordinator):
+            coordinator.on_remote_invalidation = invalidator.remote
     return rt
 
 

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import secrets
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -26,6 +27,8 @@ log = logging.getLogger("sidecar.coordination")
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
             "return redis.call('del', KEYS[1]) else return 0 end")
 _FAILURES = (RedisError, OSError, TimeoutError)
+HEARTBEAT = 1.0  # seconds between pings on the subscription
+PONG_DEADLINE = 2.0  # a pong later than this: the subscription is presumed dead
 
 
 class Lease:
@@ -105,6 +108,8 @@ class RedisCoordinator(Coordinator):
         self.origin = secrets.token_hex(6)
         self.channel = f"{service}:cache-filled"
         self.invalidate_channel = f"{service}:invalidate"
+        # Set by the app: what another replica's write means here (Invalidator.remote).
+        self.on_remote_invalidation: Callable[[tuple[str, ...], str | None], None] | None = None
         self.service = service
         self.lease_ms = int(lease_seconds * 1000)
         self.wait_seconds = min(wait_seconds, lease_seconds)
@@ -207,18 +212,33 @@ class RedisCoordinator(Coordinator):
         """One subscription per process; reconnects after a pause when Redis goes away.
 
         The near-cache is in sync only between a confirmed subscription and its loss: it is
-        flushed on both edges, since messages sent while nobody listened are gone.
+        flushed on both edges, since messages sent while nobody listened are gone. A socket
+        that dies silently (a NAT or conntrack timeout) delivers nothing and reports nothing,
+        so a PING goes down the subscription every `HEARTBEAT` seconds and a missing pong
+        within `PONG_DEADLINE` counts as a loss.
         """
+        loop = asyncio.get_running_loop()
         while True:
             pubsub = self.subscriber.pubsub(ignore_subscribe_messages=False)
             confirmed = 0
             try:
                 await pubsub.subscribe(self.channel, self.invalidate_channel)
+                pinged, waiting_since = loop.time(), None
                 while True:
-                    message: dict[str, Any] | None = await pubsub.get_message(timeout=1.0)
+                    message: dict[str, Any] | None = await pubsub.get_message(
+                        timeout=HEARTBEAT / 4)
+                    now = loop.time()
+                    if waiting_since is not None and now - waiting_since > PONG_DEADLINE:
+                        raise ConnectionError("pub/sub heartbeat unanswered")
+                    if waiting_since is None and confirmed >= 2 and now - pinged >= HEARTBEAT:
+                        await pubsub.ping()
+                        pinged = waiting_since = now
                     if message is None:
                         continue
                     kind = message.get("type")
+                    if kind == "pong":
+                        waiting_since = None
+                        continue
                     if kind == "subscribe":
                         confirmed += 1
                         if confirmed == 2:  # both channels: nothing can slip past now
@@ -246,11 +266,12 @@ class RedisCoordinator(Coordinator):
         if name == self.invalidate_channel:
             origin, _, body = text.partition("\n")
             kind, _, rest = body.partition("\n")
-            if origin != self.origin and self.near is not None:
-                if kind == "P":
-                    self.near.evict(prefix=rest)
-                else:
-                    self.near.evict(tuple(rest.split("\n")))
+            if origin != self.origin:
+                keys, prefix = ((), rest) if kind == "P" else (tuple(rest.split("\n")), None)
+                if self.on_remote_invalidation is not None:
+                    self.on_remote_invalidation(keys, prefix)  # tickets, flights, near tier
+                elif self.near is not None:
+                    self.near.evict(keys, prefix)
             return
         key, _, rest = text.partition("\n")
         field, _, origin = rest.partition("\n")

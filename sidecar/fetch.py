@@ -164,8 +164,10 @@ async def _fetch_upstream(
             if not await rt.cache.drop_field(match.key, field, prefix):
                 rt.invalidator.defer((match.key,))
             return Fetched(status, reason, out_headers, body, None, "invalidated")
-        if stored and rt.near is not None:
-            rt.near.put(match.key, field, entry, keep, epoch)
+        if stored:
+            rt.invalidator.stored(match.key)
+            if rt.near is not None:
+                rt.near.put(match.key, field, entry, keep, epoch)
         return Fetched(status, reason, out_headers, body, entry, None if stored else "cache-error")
     finally:
         rt.invalidator.end(match.key, ticket)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
@@ -38,8 +39,13 @@ class Invalidator:
         self._active: defaultdict[str, set[Ticket]] = defaultdict(set)
         self._pending: set[str] = set()
         self._pending_prefixes: set[str] = set()
+        # When this process last stored each entity: a write announced by another replica
+        # after that store may have been overtaken by it (see `remote`).
+        self._stored: dict[str, float] = {}
+        self.recent_window = 35.0  # longer than any fill can take (UPSTREAM_FILL_TIMEOUT_S)
         self._warn = RateLimitedWarning(log, 10.0)
         self._retry: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         # Told of every invalidation, so single-flight stops handing out older fetches.
         self.on_invalidate: list[Callable[[tuple[str, ...], str | None], None]] = []
         # Tells the other replicas (their near-caches) once the store has been told.
@@ -72,11 +78,40 @@ class Invalidator:
                 for ticket in tickets:
                     ticket.poisoned = True
 
+    def stored(self, key: str) -> None:
+        """A fill of `key` reached the store (called after a successful put)."""
+        now = time.monotonic()
+        self._stored[key] = now
+        if len(self._stored) > MAX_PENDING:
+            cutoff = now - self.recent_window
+            self._stored = {k: t for k, t in self._stored.items() if t >= cutoff}
+
+    def remote(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
+        """Another replica erased these entities after a write or purge.
+
+        Fetches in flight here began before that write: they must not store (poison). A
+        fill that stored here just before the message arrived may hold the old record in
+        Redis, overtaking the other replica's delete: erase it again.
+        """
+        self.poison(keys, prefix)
+        cutoff = time.monotonic() - self.recent_window
+        again = [k for k, t in self._stored.items() if t >= cutoff and (
+            k in keys or (prefix is not None and k.startswith(prefix + ":")))]
+        if again:
+            for key in again:
+                self._stored.pop(key, None)
+            task = asyncio.ensure_future(self.invalidate(tuple(again), "overtaken"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def invalidate(self, keys: tuple[str, ...], kind: str) -> None:
         self.poison(keys)
         if not keys:
             return
         done = await self.cache.delete(list(keys), "invalidation")
+        # Reads that began while the delete was on its way may have refilled this process's
+        # near tier or started fills from the old record: once more, now that it is gone.
+        self.poison(keys)
         if done is None:
             self.defer(keys)
         else:
@@ -106,6 +141,7 @@ class Invalidator:
         try:
             async with asyncio.timeout(PREFIX_TIMEOUT):
                 removed = await self.cache.store.delete_prefix(prefix)
+            self.poison(prefix=prefix)  # what was read or refilled during the SCAN goes too
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the prefix stays bypassed; the retry loop tries again
@@ -136,6 +172,7 @@ class Invalidator:
                 await self._erase_prefix(prefix)
             keys = sorted(self._pending)
             if keys and await self.cache.delete(keys, "invalidation") is not None:
+                self.poison(tuple(keys))
                 self._pending.difference_update(keys)
                 self.metrics.invalidations.labels("deferred").inc(len(keys))
                 if self.announce is not None:
@@ -147,6 +184,7 @@ class Invalidator:
             await asyncio.shield(self._retry)
 
     async def close(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            await asyncio.gather(self._retry, return_exceptions=True)
+        tasks = [*self._background, *([self._retry] if self._retry is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
