@@ -72,6 +72,12 @@ def build_runtime(
     metrics.config_info.labels(rules.digest).set(1)
     coordinator = Coordinator()
     near = None
+    if cache is not None and not isinstance(cache.store, RedisStore) and (
+            settings.near_max_bytes > 0):
+        # One process, no other replica to hear from: the tier is always in sync, and it
+        # spares memory:// hits the decode of the stored bytes.
+        near = NearCache(settings.near_max_bytes, metrics.near_flushes.inc)
+        near.in_sync = True
     if cache is not None and isinstance(cache.store, RedisStore):
         # The near tier needs the invalidation channel, so it exists only beside Redis
         # (memory:// is in-process already).
