@@ -388,7 +388,7 @@ def main() -> None:
     if args.quick:
         args.rounds, args.seconds, args.c1_seconds = 1, 2, 2
     ensure_tools()
-    with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sidecar-bench-", ignore_cleanup_errors=True) as tmp:
         bench = Bench(Path(tmp))
         scripts = {"cycle": Path(tmp) / "cycle.lua", "fresh": Path(tmp) / "fresh.lua"}
         scripts["cycle"].write_text(CYCLE_LUA)

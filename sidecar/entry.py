@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _MAGIC = b"SC1"
 _LEN = struct.Struct(">I")
@@ -31,6 +31,7 @@ class Entry:
     stored_at: float  # wall clock (epoch seconds): replicas must agree on it
     ttl: int
     initial_age: int = 0  # the upstream's Age when stored (RFC 9111 §4.2.3)
+    _index: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
     def age(self, now: float) -> int:
         return max(0, int(now - self.stored_at)) + self.initial_age
@@ -40,8 +41,14 @@ class Entry:
         return self.ttl - (now - self.stored_at) - self.initial_age
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        return next((v for k, v in self.headers if k.lower() == lname), None)
+        """First value of a header; the index is built on first use (a hit asks 3-4 times)."""
+        index = self._index
+        if index is None:
+            index = {}
+            for k, v in self.headers:
+                index.setdefault(k.lower(), v)
+            object.__setattr__(self, "_index", index)
+        return index.get(name.lower())
 
     def encode(self) -> bytes:
         meta = json.dumps(
