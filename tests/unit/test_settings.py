@@ -169,3 +169,17 @@ def test_describe_masks_passwords_in_the_authority(url: str, shown: str) -> None
                                  "redis://cache:6379/0?password=hunter2"])
 def test_describe_masks_a_password_in_the_query(url: str) -> None:
     assert "hunter2" not in repr(Settings.from_env({"REDIS_URL": url}).describe())
+
+
+def test_workers_default_to_one_and_take_whole_numbers() -> None:
+    assert Settings.from_env({}).workers == 1
+    assert Settings.from_env({"SIDECAR_WORKERS": " 2 "}).workers == 2
+    assert Settings.from_env({"SIDECAR_WORKERS": ""}).workers == 1
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "2.5", "2.0", "1e1", "two", "٢", "+2", "nan"])
+def test_workers_refuse_anything_but_a_whole_number_of_at_least_one(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_WORKERS": raw})
+    assert info.value.problems == [
+        f"environment: SIDECAR_WORKERS={raw!r} must be a whole number of at least 1"]
