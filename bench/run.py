@@ -217,10 +217,13 @@ def start(bench: Bench) -> dict[str, Server]:
         "sidecar-redis": ("stub-fast", {"REDIS_URL": redis_url, "CACHE_NEAR_MAX_BYTES": "0"}),
         "sidecar-miss": ("stub-slow", {"REDIS_URL": redis_url}),
         "sidecar-off": ("stub-slow", {"REDIS_URL": redis_url, "CACHE_ENABLED": "false"}),
+        "sidecar-near-2w": ("stub-fast", {"REDIS_URL": redis_url, "SIDECAR_WORKERS": "2"}),
     }
     for name, (upstream, env) in sidecars.items():
         port, admin = free_port(), free_port()
-        proc, log = bench.spawn(name, SERVER_CPU, [py, "-m", "sidecar"], clean_env(
+        # Two workers get both cores (wrk shares one with them): the scaling row.
+        cpus = "0,1" if name.endswith("-2w") else SERVER_CPU
+        proc, log = bench.spawn(name, cpus, [py, "-m", "sidecar"], clean_env(
             UPSTREAM_URL=f"http://127.0.0.1:{servers[upstream].port}",
             SIDECAR_PORT=str(port), SIDECAR_ADMIN_PORT=str(admin),
             SIDECAR_ADMIN_HOST="127.0.0.1", CACHE_KEY_SECRET="bench", **env))  # noqa: S106
@@ -231,6 +234,9 @@ def start(bench: Bench) -> dict[str, Server]:
     master = servers["nginx"].proc.pid
     kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     servers["nginx"].cpu_pids = [int(k) for k in kids] or [master]
+    supervisor = servers["sidecar-near-2w"].proc.pid
+    workers = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    servers["sidecar-near-2w"].cpu_pids = [supervisor, *(int(w) for w in workers)]
     return servers
 
 
@@ -267,12 +273,14 @@ class Scenario:
     script: str  # "cycle" (2,001 warm keys) or "fresh" (a new id per request)
 
 
+TWO_WORKERS = "sidecar Redis hit, near tier, SIDECAR_WORKERS=2 on both cores"
 SCENARIOS = [
     Scenario("bare aiohttp hello", "hello", 64, "cycle"),
     Scenario("nginx proxy_cache hit", "nginx", 64, "cycle"),
     Scenario("sidecar memory:// hit", "sidecar-memory", 64, "cycle"),
     Scenario("sidecar Redis hit, near tier", "sidecar-near", 64, "cycle"),
     Scenario("sidecar Redis hit, no near tier", "sidecar-redis", 64, "cycle"),
+    Scenario(TWO_WORKERS, "sidecar-near-2w", 64, "cycle"),
     Scenario("bare aiohttp hello", "hello", 1, "cycle"),
     Scenario("nginx proxy_cache hit", "nginx", 1, "cycle"),
     Scenario("sidecar memory:// hit", "sidecar-memory", 1, "cycle"),
@@ -351,6 +359,8 @@ def report(results: dict[tuple[str, int], Run], rounds: int, args: argparse.Name
         " ms** p50 (c1)",
         f"- Redis-only hit p99/p50 at c64: **{redis64.p99 / redis64.p50:.1f}**; near-tier hit: "
         f"**{near64.p99 / near64.p50:.1f}**",
+        f"- near-tier hits, 2 workers / 1 worker (c64 req/s): **"
+        f"{get(TWO_WORKERS, 64).rps / near64.rps:.2f}** (wrk shares CPU 1 with the second)",
         f"- memory hit p50 at c1 / bare aiohttp p50: **"
         f"{get('sidecar memory:// hit', 1).p50 / get('bare aiohttp hello', 1).p50:.2f}**",
     ]
@@ -395,7 +405,8 @@ def main() -> None:
         scripts["fresh"].write_text(FRESH_LUA)
         try:
             servers = start(bench)
-            for name in ("nginx", "sidecar-memory", "sidecar-near", "sidecar-redis"):
+            for name in ("nginx", "sidecar-memory", "sidecar-near", "sidecar-redis",
+                         "sidecar-near-2w"):
                 wrk(bench, servers[name].port, 64, 3, scripts["cycle"], [])  # warm 2,001 keys
                 status, headers = http_get(servers[name].port, "/api/v1/patients/7")
                 print(f"# warmed {name}: {status} {headers.get('X-Cache', '')}"

@@ -4,6 +4,8 @@ Data flow, one module per step::
 
     cli -> settings, rules (config) -> server (listeners, signals, reload) -> app (factory)
     server -> listener (client keep-alive and header deadlines, drain within its budget)
+    SIDECAR_WORKERS > 1: cli -> supervisor (metrics dir) -> pool (workers, admin port)
+                         -> N x server with worker (SO_REUSEPORT, control socket, lifeline)
     proxy (handler)
       -> matching (rule, key) -> policy (may it use the cache?) -> variants (which copy)
       -> lookup -> near_cache (in-process tier, evicted by coordination's channel)

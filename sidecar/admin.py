@@ -1,5 +1,9 @@
 """The admin port: metrics, probes and purge. Never served on the proxy port, where
 `/metrics` is just another upstream path.
+
+With `SIDECAR_WORKERS` > 1 the supervisor serves this app with its own probes and metrics
+(`supervisor.py`); purge keeps its checks, audit and counts here, once, and only the erasing
+(`ERASE`) goes to every worker.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,6 +27,9 @@ from sidecar.runtime import RUNTIME, Runtime
 
 audit = logging.getLogger("sidecar.audit")
 PURGE_TIMEOUT = 10.0
+Erase = Callable[[str, str], Awaitable[int]]  # (scope "key" | "prefix", target) -> removed
+ERASE = web.AppKey[Erase]("erase")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(code: int, **body: object) -> web.Response:
@@ -123,21 +132,9 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
             return _json(400, error="bad_prefix",
                          message=f"prefix must be one of {list(rt.rules.prefixes)}")
         shown = target
-    store = rt.store
     try:
         async with asyncio.timeout(PURGE_TIMEOUT):
-            if scope == "key":
-                if rt.invalidator is not None:
-                    rt.invalidator.poison((target,))
-                removed = await store.delete([target])
-                if rt.invalidator is not None:  # reads during the delete refilled nothing
-                    rt.invalidator.poison((target,))
-            else:
-                if rt.invalidator is not None:
-                    rt.invalidator.poison(prefix=target)
-                removed = await store.delete_prefix(target)
-                if rt.invalidator is not None:  # nor reads during the (slow) SCAN
-                    rt.invalidator.poison(prefix=target)
+            removed = await request.app[ERASE](scope, target)
     except (RedisError, OSError, TimeoutError) as exc:
         rt.metrics.purges.labels(scope, "error").inc()
         _audit(request, who, scope, shown, f"error:{type(exc).__name__}", None)
@@ -152,13 +149,29 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
     return _json(200, scope=scope, removed=removed)
 
 
-def admin_app(rt: Runtime) -> web.Application:
+async def erase_here(rt: Runtime, scope: str, target: str) -> int:
+    """This process's part of a purge: in-flight fills must not store, then delete."""
+    keys, prefix = ((target,), None) if scope == "key" else ((), target)
+    if rt.invalidator is not None:
+        rt.invalidator.poison(keys, prefix)
+    removed = await (rt.store.delete([target]) if scope == "key"
+                     else rt.store.delete_prefix(target))
+    if rt.invalidator is not None:  # reads during the delete (or the slow SCAN) refill nothing
+        rt.invalidator.poison(keys, prefix)
+    return removed
+
+
+PROBES: Mapping[str, Handler] = {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
+
+
+def admin_app(rt: Runtime, erase: Erase | None = None,
+              probes: Mapping[str, Handler] = PROBES) -> web.Application:
     app = web.Application(
         handler_args=server_logger(rt.metrics.bad_requests, rt.settings.warn_interval))
     app[RUNTIME] = rt
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app[ERASE] = erase or partial(erase_here, rt)
+    for path, handler in probes.items():
+        app.router.add_get(path, handler)
     app.router.add_delete("/cache/{key}", purge_key)
     app.router.add_delete("/cache", purge_prefix)
     return app

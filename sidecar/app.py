@@ -69,7 +69,6 @@ def build_runtime(
             warn_interval=settings.warn_interval,
         )
         invalidator = Invalidator(cache, metrics)
-    metrics.config_info.labels(rules.digest).set(1)
     coordinator = Coordinator()
     near = None
     if cache is not None and not isinstance(cache.store, RedisStore) and (
@@ -110,6 +109,7 @@ def proxy_app(rt: Runtime) -> web.Application:
         client_max_size=0,
         handler_args=server_logger(rt.metrics.bad_requests, rt.settings.warn_interval))
     app[RUNTIME] = rt
+    rt.metrics.rules_loaded(rt.rules.digest)  # the proxy serves them (not a supervisor)
     # [\s\S]: the router sees the decoded path, where `%0A` is a newline `.` would miss.
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_resources)

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 class RateLimitedWarning:
@@ -55,9 +55,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
+class _Fields(logging.Filter):
+    """Adds fixed fields to every record (a worker's pid, so its lines can be told apart)."""
+
+    def __init__(self, fields: Mapping[str, object]) -> None:
+        super().__init__()
+        self._fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.update(self._fields)
+        return True
+
+
+def configure_logging(level: str = "INFO", fields: Mapping[str, object] | None = None) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
+    if fields:
+        handler.addFilter(_Fields(fields))
     JsonFormatter.converter = time.gmtime
     root = logging.getLogger()
     root.handlers[:] = [handler]

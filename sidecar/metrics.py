@@ -2,10 +2,19 @@
 
 Names and labels are the seed's (`cache_hits_total{key_prefix}` ...). Labels are bounded:
 a rule's key prefix or name, an operation, a status code; never an id or a token.
+
+With `SIDECAR_WORKERS` > 1 the supervisor sets `PROMETHEUS_MULTIPROC_DIR` for every process
+before prometheus-client is imported: values then live in per-process files there, and the
+supervisor's scrape (`workers_registry`) merges them. Counters and histograms are summed
+(a dead worker's counts stay in the sum, so totals never go backwards); the two gauges are
+`livemax`: a dead worker's value is dropped and the others keep the one-process meaning
+(`cache_breaker_open` 1 while any worker's breaker is open, `config_info{hash}` 1 for each
+rules hash some worker serves, so a half-done reload shows as two hashes).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from opentelemetry.metrics import Meter, NoOpMeter
@@ -16,6 +25,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # From 100 µs: a Redis round trip on a pod's network is well under the 5 ms default floor.
 CACHE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -44,7 +54,7 @@ class Metrics:
             "the request went upstream.", ["operation", "reason"], registry=r)
         self.breaker_open = Gauge(
             "cache_breaker_open", "1 while the cache circuit breaker stops Redis calls.",
-            registry=r)
+            registry=r, multiprocess_mode="livemax")
         self.bypass = Counter("cache_bypass", "Requests that did not use the cache, by reason.",
                               ["reason"], registry=r)
         self.requests = Histogram(
@@ -89,7 +99,7 @@ class Metrics:
         for kind in BAD_REQUEST_KINDS:  # every series from the start, at 0
             self.bad_requests.labels(kind)
         self.config_info = Gauge("config_info", "The loaded rules file (hash label).",
-                                 ["hash"], registry=r)
+                                 ["hash"], registry=r, multiprocess_mode="livemax")
 
         self._hit_children: dict[str, Any] = {}
         self._near_children: dict[str, Any] = {}
@@ -102,6 +112,18 @@ class Metrics:
         self._otel_misses = meter.create_counter("cache_misses", description="Cache misses.")
         self._otel_latency = meter.create_histogram(
             "cache_latency_seconds", unit="s", description="Duration of cache operations.")
+
+    def rules_loaded(self, digest: str, previous: str | None = None) -> None:
+        """`config_info{hash}` follows the rules in force: the new hash 1, the old one gone.
+
+        Multiprocess files cannot drop a series (prometheus-client warns and keeps it), so
+        there the old hash is set to 0 first; the drift alert counts only `== 1`.
+        """
+        if previous is not None and previous != digest:
+            self.config_info.labels(previous).set(0)
+            if not multiprocess():
+                self.config_info.remove(previous)
+        self.config_info.labels(digest).set(1)
 
     # Label children resolved once per label set: `.labels()` costs a lock and a tuple
     # hash on every hit otherwise. The label values are bounded (rules, outcomes, statuses).
@@ -140,3 +162,15 @@ class Metrics:
         if child is None:
             child = self._request_children[key] = self.requests.labels(rule, cache, str(status))
         child.observe(seconds)
+
+
+def multiprocess() -> bool:
+    """Values go to `PROMETHEUS_MULTIPROC_DIR` files (set only by the workers' supervisor)."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
+def workers_registry(path: str) -> CollectorRegistry:
+    """One scrape's registry: every process's files in `path`, merged (built per scrape)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    return registry

@@ -38,9 +38,7 @@ class Reloader:
         self._digest = digest
         old = self.rt.rules
         self.rt.rules = rules  # one assignment: requests in flight keep their snapshot
-        if old.digest != rules.digest:
-            self.rt.metrics.config_info.remove(old.digest)
-        self.rt.metrics.config_info.labels(rules.digest).set(1)
+        self.rt.metrics.rules_loaded(rules.digest, old.digest)
         self.rt.metrics.reloads.labels("ok").inc()
         log.info("rules reloaded", extra={
             "reason": reason, "hash": rules.digest,

@@ -5,6 +5,9 @@ in-flight requests (cached or streaming) get `SIDECAR_SHUTDOWN_TIMEOUT_S` to fin
 those still running are then cut and counted, see `listener.py`), background refreshes are
 cancelled, and only then Redis and upstream connections close. Both listeners close idle
 connections and slow header senders (`SIDECAR_KEEPALIVE_TIMEOUT_S`, `SIDECAR_HEADER_TIMEOUT_S`).
+
+As one of `SIDECAR_WORKERS` > 1 (`worker` given): the proxy port is shared (`SO_REUSEPORT`)
+and the admin app listens on the supervisor's control socket instead (`worker.py`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from sidecar.reload import Reloader
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME
 from sidecar.settings import Settings
+from sidecar.worker import WorkerLink, add_control_routes, watch_lifeline
 
 log = logging.getLogger("sidecar")
 
 
-async def serve(settings: Settings, rules: RuleSet, rules_path: Path) -> None:
+async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
+                worker: WorkerLink | None = None) -> None:
     proxy, admin = build_apps(settings, rules)
+    if worker is not None:
+        add_control_routes(admin)
     rt = proxy[RUNTIME]
     limits = {"keepalive_timeout": settings.keepalive_timeout,
               "header_timeout": settings.header_timeout}
@@ -36,8 +43,12 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path) -> None:
     admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=1.0, **limits)
     await proxy_runner.setup()
     await admin_runner.setup()
-    await web.TCPSite(admin_runner, settings.admin_host, settings.admin_port).start()
-    await web.TCPSite(proxy_runner, settings.host, settings.port).start()
+    if worker is None:
+        await web.TCPSite(admin_runner, settings.admin_host, settings.admin_port).start()
+        await web.TCPSite(proxy_runner, settings.host, settings.port).start()
+    else:  # the control socket last: once it answers, this worker accepts connections
+        await web.TCPSite(proxy_runner, settings.host, settings.port, reuse_port=True).start()
+        await web.UnixSite(admin_runner, str(worker.socket)).start()
     _log_startup(settings, rules, rt.codec.encrypted, rt.hasher.shared)
 
     reloader = Reloader(rt, rules_path)
@@ -46,6 +57,8 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload, "sighup")
+    if worker is not None:
+        watch_lifeline(worker, stop)
     poller = asyncio.ensure_future(reloader.poll(settings.reload_interval))
     try:
         await stop.wait()

@@ -60,6 +60,7 @@ class Settings:
     warn_interval: float = 10.0
     # (proto, host[:port]) sent upstream as X-Forwarded-Proto/-Host; None sends neither.
     public_origin: tuple[str, str] | None = None
+    workers: int = 1  # proxy processes sharing the port (SO_REUSEPORT); 1: no supervisor
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -167,7 +168,12 @@ class Settings:
             encryption_key_previous=env.get("CACHE_ENCRYPTION_KEY_PREVIOUS") or None,
             warn_interval=number("SIDECAR_WARN_INTERVAL_S", d.warn_interval),
             public_origin=public_origin,
+            workers=_count(env.get("SIDECAR_WORKERS", ""), "SIDECAR_WORKERS", d.workers, problems),
         )
+        if settings.workers > 1 and settings.cache_enabled and redis_url.startswith("memory://"):
+            problems.append("environment: SIDECAR_WORKERS>1 needs a shared cache: with "
+                            "REDIS_URL=memory:// each worker would keep copies a write through "
+                            "another worker cannot erase; use redis:// (or SIDECAR_WORKERS=1)")
         if problems:
             raise ConfigError(problems)
         return settings
@@ -216,3 +222,14 @@ def _mask_url(url: str) -> str:
             f"{k}=***" if k.lower() == "password" else f"{k}{eq}{v}"
             for k, eq, v in (p.partition("=") for p in query.split("&")))
     return f"{scheme}{sep}{rest}{qsep}{query}"
+
+
+def _count(raw: str, name: str, default: int, problems: list[str]) -> int:
+    """A whole number >= 1 in ASCII digits; `2.5`, `2.0`, `0`, `-1`, `٢` are refused."""
+    raw = raw.strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+        problems.append(f"environment: {name}={raw!r} must be a whole number of at least 1")
+        return default
+    return int(raw)

@@ -1,14 +1,21 @@
-"""The sidecar as a real process (`python -m sidecar`), for signals, reload and drain."""
+"""The sidecar as a real process (`python -m sidecar`), for signals, reload and drain.
+
+It runs in a session of its own, so `stop()` also ends the workers of SIDECAR_WORKERS > 1
+(the process group's id is the supervisor's pid).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -39,7 +46,7 @@ class SidecarProcess:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def launch(self) -> None:
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT,
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, start_new_session=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     async def ready(self, within: float = PATIENCE) -> None:
@@ -68,12 +75,24 @@ class SidecarProcess:
 
     def output(self) -> str:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.kill()
+        self._kill_group()
         out, _ = self.proc.communicate()
         return out.decode(errors="replace")
 
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON lines of `output()` (the process is ended first)."""
+        return [json.loads(line) for line in self.output().splitlines()
+                if line.startswith("{")]
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            self._kill_group()
             self.proc.wait()
+
+    def _kill_group(self) -> None:
+        """SIGKILL the supervisor if it runs, and any worker it left behind."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)

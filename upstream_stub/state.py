@@ -35,10 +35,10 @@ class StubState:
         async with self._arrivals:
             self._arrivals.notify_all()
 
-    async def wait_for(self, *keys: str) -> None:
-        """Until every `"METHOD path"` in keys has reached the stub at least once."""
+    async def wait_for(self, *keys: str, count: int = 1) -> None:
+        """Until every `"METHOD path"` in keys has reached the stub at least `count` times."""
         async with self._arrivals:
-            await self._arrivals.wait_for(lambda: all(self.hits[k] for k in keys))
+            await self._arrivals.wait_for(lambda: all(self.hits[k] >= count for k in keys))
 
     def reset(self) -> None:
         self.hits.clear()

@@ -169,3 +169,24 @@ def test_describe_masks_passwords_in_the_authority(url: str, shown: str) -> None
                                  "redis://cache:6379/0?password=hunter2"])
 def test_describe_masks_a_password_in_the_query(url: str) -> None:
     assert "hunter2" not in repr(Settings.from_env({"REDIS_URL": url}).describe())
+
+
+def test_workers_default_to_one_and_take_whole_numbers() -> None:
+    assert Settings.from_env({}).workers == 1
+    redis = {"REDIS_URL": "redis://cache:6379/0"}
+    assert Settings.from_env({"SIDECAR_WORKERS": " 2 ", **redis}).workers == 2
+    assert Settings.from_env({"SIDECAR_WORKERS": ""}).workers == 1
+
+
+def test_several_workers_refuse_a_per_process_cache() -> None:
+    with pytest.raises(ConfigError, match="SIDECAR_WORKERS>1 needs a shared cache"):
+        Settings.from_env({"SIDECAR_WORKERS": "2", "REDIS_URL": "memory://"})
+    assert Settings.from_env({"SIDECAR_WORKERS": "2", "CACHE_ENABLED": "false"}).workers == 2
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "2.5", "2.0", "1e1", "two", "٢", "+2", "nan"])
+def test_workers_refuse_anything_but_a_whole_number_of_at_least_one(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_WORKERS": raw})
+    assert info.value.problems == [
+        f"environment: SIDECAR_WORKERS={raw!r} must be a whole number of at least 1"]
