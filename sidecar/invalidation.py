@@ -155,8 +155,14 @@ class Invalidator:
     def defer(self, keys: tuple[str, ...]) -> None:
         """Bypass these keys until a retried delete reaches the store."""
         if len(self._pending) + len(keys) > MAX_PENDING:
-            log.error("too many invalidations pending while the cache is unreachable; "
-                      "entries may be served until their TTL ends")
+            # Too many to track one by one: bypass (and later erase) their whole prefixes
+            # instead. Serving an entry a write changed is never the fallback.
+            prefixes = {k.rpartition(":")[0] for k in keys}
+            self._warn.warn("pending-overflow", "too many invalidations pending while the "
+                            f"cache is unreachable; bypassing {', '.join(sorted(prefixes))} "
+                            "until it can be erased")
+            self._pending_prefixes.update(prefixes)
+            self._start_retry()
             return
         self._pending.update(keys)
         self._start_retry()

@@ -35,21 +35,45 @@ class FramedResponseHandler(ResponseHandler):
         self._left: int | None = None  # body bytes still due; None while in a header block
         self._framing = True
         self.overflowed = False
+        self._final_code = 0  # status of the last response head parsed on this exchange
+        self._finished = False  # a final response is complete: nothing more may arrive
 
     def set_response_params(self, **kwargs: Any) -> None:
         self._head.clear()
         self._left = None
         self._framing = True
         self.overflowed = False
+        self._final_code = 0
+        self._finished = False
         super().set_response_params(**kwargs)
 
     def data_received(self, data: bytes) -> None:
         if self.overflowed:
             return  # surplus of a response already complete: dropped with the connection
+        if self._finished and data:  # (aiohttp also calls this with b"" to resume reading)
+            # Bytes after a complete response and before the next request, in a later
+            # packet: parsed, they would become the *next* caller's response (a desync that
+            # hands one patient's record to another). Drop them with the connection.
+            self.overflowed = True
+            self._should_close = True
+            if self.transport is not None:
+                self.transport.close()
+            return
         if self._framing and self._parser is not None and not self._upgraded:
             data = self._clip(data)
         if data:
             super().data_received(data)
+        payload = self._payload
+        if self._final_code >= 200 and payload is not None and payload.is_eof():
+            self._finished = True
+
+    def feed_data(self, data: Any, size: int = 0) -> None:
+        """Each parsed (message, payload): note whether it was a final response."""
+        message = data[0] if isinstance(data, tuple) and data else None
+        code = getattr(message, "code", 0)
+        if isinstance(code, int):
+            self._final_code = code
+        super().feed_data(data, size)
 
     def _clip(self, data: bytes) -> bytes:
         """The part of `data` that belongs to the response in progress."""

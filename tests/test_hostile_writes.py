@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from tests.conftest import Stack, StackFactory
+from tests.conftest import REDIS_FAULT_BUDGETS, Stack, StackFactory
+from tests.redis_process import RedisProcess
 
 PATIENT = "/api/v1/patients/321"
 KEY = "identity:patient:321"
@@ -174,3 +175,26 @@ async def test_write_to_an_unreadable_id_that_is_refused_erases_nothing(
     reply = await stack.proxy.request("PUT", "/api/v1/patients/abc", data=json.dumps({}))
     assert reply.status == 422
     assert await redis_client.exists(KEY) == 1
+
+
+async def test_more_pending_invalidations_than_tracked_bypass_the_whole_prefix(
+    make_stack: StackFactory, own_redis: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis is down and writes pile up past the pending limit: the overflow must not let
+    a changed record be served when Redis comes back."""
+    monkeypatch.setattr("sidecar.invalidation.MAX_PENDING", 2)
+    stack = await make_stack({**REDIS_FAULT_BUDGETS, "CACHE_BREAKER_FAILURES": "1000"},
+                             redis_url=own_redis.url)
+    await _prime(stack, "/api/v1/patients/7")
+    frozen = own_redis.freeze(4)  # Redis keeps its data but answers nobody for 4 s
+    try:
+        for pid in (1001, 1002, 1003, 7):
+            reply = await stack.proxy.request("PATCH", f"/api/v1/patients/{pid}", headers=JSON,
+                                              data=b'{"gender": "after"}')
+            assert reply.status == 200
+        await asyncio.to_thread(frozen.recv, 64)  # the DEBUG SLEEP reply: Redis is back
+    finally:
+        frozen.close()
+    for _ in range(5):
+        reply = await stack.proxy.get("/api/v1/patients/7")
+        assert reply.json()["gender"] == "after", reply.headers["Cache-Status"]

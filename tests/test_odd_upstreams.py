@@ -137,3 +137,35 @@ async def test_stale_if_error_is_labelled_stale_in_metrics_and_log(
     assert ('sidecar_request_duration_seconds_count{cache="STALE",rule="patient",status="200"}'
             ' 1.0') in metrics
     assert 'cache="MISS",rule="patient",status="200"' not in metrics
+
+
+async def test_a_stray_response_on_an_idle_connection_never_reaches_the_next_caller(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    """The upstream answers, then writes a second, unrequested response on the now idle
+    keep-alive socket. Reused, that connection would hand it to the next caller, and shift
+    every later answer by one: other patients' records under other credentials."""
+    stray_sent = asyncio.Event()
+
+    async def smuggler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = heads[-1].split(b" ", 2)[1].decode()
+        body = ('{"id": "' + head.rsplit("/", 1)[-1] + '"}').encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        if head.endswith("/1"):
+            await asyncio.sleep(0.2)  # a later packet, on the idle connection
+            fake = b'{"id": "SMUGGLED"}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(fake), fake))
+            await writer.drain()
+            stray_sent.set()
+
+    async with raw_upstream(smuggler) as (url, heads):
+        stack = await make_stack({"UPSTREAM_URL": url})
+        assert (await stack.proxy.get("/api/v1/patients/1")).json() == {"id": "1"}
+        await asyncio.wait_for(stray_sent.wait(), 10)
+        for pid in ("2", "3", "4"):
+            reply = await stack.proxy.get(f"/api/v1/patients/{pid}")
+            assert reply.status == 200 and reply.json() == {"id": pid}
+        for pid in ("2", "3", "4"):
+            assert (await stack.proxy.get(f"/api/v1/patients/{pid}")).json() == {"id": pid}
