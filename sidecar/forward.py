@@ -6,6 +6,7 @@ requests, and oversized bodies. Bodies stream both ways; only hop-by-hop headers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -87,10 +88,13 @@ async def relay(
     length = up.headers.get("Content-Length")
     if length is not None and length.isdigit() and up.status not in (204, 304):
         out.content_length = int(length)
-    await out.prepare(request)
-    if request.method == "HEAD":
-        await out.write_eof()
-        return out
+    try:
+        await out.prepare(request)
+        if request.method == "HEAD":
+            await out.write_eof()
+            return out
+    except ConnectionError:
+        return out  # the client went away before the headers left: nothing to report
     chunks = up.content.iter_chunked(CHUNK)
     if head:
         try:
@@ -113,5 +117,6 @@ async def relay(
             await out.write(chunk)
         except ConnectionError:
             return out  # the client went away; nothing to report
-    await out.write_eof()
+    with contextlib.suppress(ConnectionError):  # the client went away at the very end
+        await out.write_eof()
     return out
