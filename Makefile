@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 run: install
 	@STUB_PORT=$(STUB_PORT) $(BIN)/python -m upstream_stub & stub=$$!; \
 	trap 'kill $$stub 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/python -m sidecar
+	SIDECAR_CONFIG=$${SIDECAR_CONFIG:-config/routes.yaml} $(BIN)/python -m sidecar
 
 lint: install
 	$(BIN)/ruff check .
