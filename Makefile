@@ -8,7 +8,7 @@ export REDIS_URL ?= memory://
 # The demo's admin port listens on loopback only, so purge works there without a token.
 export SIDECAR_ADMIN_HOST ?= 127.0.0.1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test suite lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 run: install
 	@STUB_PORT=$(STUB_PORT) $(BIN)/python -m upstream_stub & stub=$$!; \
 	trap 'kill $$stub 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/python -m sidecar
+	SIDECAR_CONFIG=$${SIDECAR_CONFIG:-config/routes.yaml} $(BIN)/python -m sidecar
 
 lint: install
 	$(BIN)/ruff check .
@@ -37,8 +37,13 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# The suite alone, e.g. on another Python: `make suite PY=python3.13 VENV=.venv-3.13`.
+suite: install
+	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server"; exit 1; }
+	$(BIN)/python -m pytest -q
+
 bench: install
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache *.egg-info

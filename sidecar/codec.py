@@ -85,13 +85,22 @@ class AesGcmCodec:
             raise SealError("value does not open under its key") from None
 
 
+KEY_FORM = "base64 of exactly 32 random bytes, e.g. from `openssl rand -base64 32`"
+
+
 def parse_key(name: str, value: str) -> bytes:
+    """One AES-256 key; the same check runs in `Settings.from_env` and at start-up.
+
+    The message never quotes the value: it is a secret, or one pasted in the wrong place.
+    """
     try:
         raw = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError([f"environment: {name} is not valid base64"]) from None
+        raise ConfigError([f"environment: {name} is not valid base64 "
+                           f"(accepted: {KEY_FORM})"]) from None
     if len(raw) != 32:
-        raise ConfigError([f"environment: {name} must decode to 32 bytes, got {len(raw)}"])
+        raise ConfigError([f"environment: {name} decodes to {len(raw)} bytes, not 32 "
+                           f"(accepted: {KEY_FORM})"])
     return raw
 
 

@@ -43,12 +43,18 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
     admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=1.0, **limits)
     await proxy_runner.setup()
     await admin_runner.setup()
-    if worker is None:
-        await web.TCPSite(admin_runner, settings.admin_host, settings.admin_port).start()
-        await web.TCPSite(proxy_runner, settings.host, settings.port).start()
-    else:  # the control socket last: once it answers, this worker accepts connections
-        await web.TCPSite(proxy_runner, settings.host, settings.port, reuse_port=True).start()
-        await web.UnixSite(admin_runner, str(worker.socket)).start()
+    try:
+        if worker is None:
+            await web.TCPSite(admin_runner, settings.admin_host, settings.admin_port).start()
+            await web.TCPSite(proxy_runner, settings.host, settings.port).start()
+        else:  # the control socket last: once it answers, this worker accepts connections
+            await web.TCPSite(proxy_runner, settings.host, settings.port,
+                              reuse_port=True).start()
+            await web.UnixSite(admin_runner, str(worker.socket)).start()
+    except OSError:  # a port in use: close what setup opened (the upstream session), then say so
+        await proxy_runner.cleanup()
+        await admin_runner.cleanup()
+        raise
     _log_startup(settings, rules, rt.codec.encrypted, rt.hasher.shared)
 
     reloader = Reloader(rt, rules_path)

@@ -9,15 +9,38 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.codec import parse_key
 from sidecar.errors import ConfigError
 
-DEFAULT_CONFIG = Path("config/routes.yaml")
+# The rules shipped inside the package (a copy of config/routes.yaml), so the default
+# works from any directory; --config and SIDECAR_CONFIG win.
+DEFAULT_CONFIG = Path(__file__).resolve().with_name("routes.yaml")
+# Every variable `Settings.from_env` reads (tests/unit/test_settings_refusals.py holds each
+# to a bad value and to the README table). Rule TTLs (`CACHE_TTL_DEFAULT` and each rule's
+# `ttl_env`) are read by rules.py, SIDECAR_CONFIG by cli.py, OTEL_* by telemetry.py.
+ENV_VARS = (
+    "UPSTREAM_URL", "REDIS_URL", "SIDECAR_HOST", "SIDECAR_PORT", "SIDECAR_PUBLIC_ORIGIN",
+    "SIDECAR_ADMIN_HOST", "SIDECAR_ADMIN_PORT", "CACHE_ENABLED", "CACHE_KEY_SECRET",
+    "CACHE_CREDENTIAL_HEADERS", "CACHE_ENCRYPTION_KEY", "CACHE_ENCRYPTION_KEY_PREVIOUS",
+    "CACHE_MAX_BODY_BYTES", "CACHE_MEMORY_MAX_BYTES", "CACHE_LEASE_S", "CACHE_LEASE_WAIT_S",
+    "REDIS_TIMEOUT_MS", "REDIS_CONNECT_TIMEOUT_MS", "REDIS_MAX_CONNECTIONS",
+    "REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE",
+    "CACHE_BREAKER_FAILURES", "CACHE_BREAKER_COOLDOWN_S", "UPSTREAM_CONNECT_TIMEOUT_S",
+    "UPSTREAM_READ_TIMEOUT_S", "UPSTREAM_FILL_TIMEOUT_S", "UPSTREAM_KEEPALIVE_S",
+    "UPSTREAM_MAX_CONNECTIONS", "SIDECAR_SHUTDOWN_TIMEOUT_S", "SIDECAR_KEEPALIVE_TIMEOUT_S",
+    "SIDECAR_HEADER_TIMEOUT_S", "SIDECAR_RELOAD_INTERVAL_S", "SIDECAR_ADMIN_TOKEN",
+    "SIDECAR_ACCESS_LOG_SAMPLE", "SIDECAR_LOG_LEVEL", "SIDECAR_WARN_INTERVAL_S",
+    "CACHE_NEAR_MAX_BYTES", "SIDECAR_WORKERS",
+)
+OTHER_ENV_VARS = ("SIDECAR_CONFIG", "CACHE_TTL_DEFAULT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +84,7 @@ class Settings:
     # (proto, host[:port]) sent upstream as X-Forwarded-Proto/-Host; None sends neither.
     public_origin: tuple[str, str] | None = None
     workers: int = 1  # proxy processes sharing the port (SO_REUSEPORT); 1: no supervisor
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,25 +99,72 @@ class Settings:
         def text(name: str, default: str) -> str:
             return env.get(name, default).strip() or default
 
-        def number(name: str, default: float, *, scale: float = 1.0, minimum: float = 0) -> float:
+        def number(name: str, default: float, *, scale: float = 1.0, minimum: float = 0,
+                   maximum: float | None = None, accepted: str = "") -> float:
             raw = env.get(name)
             if raw is None or not raw.strip():
                 return default
+            accepted = accepted or f"a number greater than {minimum:g}" + (
+                "" if maximum is None else f" and at most {maximum:g}")
             try:
                 value = float(raw) * scale
             except ValueError:
-                problems.append(f"environment: {name}={raw!r} is not a number")
+                problems.append(f"environment: {name}={raw!r} is not a number "
+                                f"(accepted: {accepted})")
                 return default
             if not math.isfinite(value):
-                problems.append(f"environment: {name}={raw!r} is not a finite number")
+                problems.append(f"environment: {name}={raw!r} is not a finite number "
+                                f"(accepted: {accepted})")
                 return default
-            if value <= minimum:
-                problems.append(f"environment: {name}={raw!r} must be greater than {minimum}")
+            if value <= minimum or (maximum is not None and value > maximum):
+                problems.append(f"environment: {name}={raw!r} is out of range "
+                                f"(accepted: {accepted})")
                 return default
             return value
 
-        def integer(name: str, default: int) -> int:
-            return int(number(name, default))
+        def integer(name: str, default: int, *, minimum: int = 1,
+                    maximum: int | None = None) -> int:
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                return default
+            accepted = (f"a whole number from {minimum} to {maximum}" if maximum is not None
+                        else f"a whole number of at least {minimum}")
+            text = raw.strip()
+            # int() also takes "+5", "5_0" and non-ASCII digits: accept only what we print.
+            if not (text.isascii() and text.isdigit()):
+                problems.append(f"environment: {name}={raw!r} is not a whole number "
+                                f"(accepted: {accepted})")
+                return default
+            value = int(text)
+            if value < minimum or (maximum is not None and value > maximum):
+                problems.append(f"environment: {name}={raw!r} is out of range "
+                                f"(accepted: {accepted})")
+                return default
+            return value
+
+        def port(name: str, default: int) -> int:
+            return integer(name, default, minimum=1, maximum=65535)
+
+        def host(name: str, default: str) -> str:
+            value = text(name, default)
+            problem = _bind_problem(value)
+            if problem:
+                problems.append(f"environment: {name}={value!r} {problem} (accepted: an IP "
+                                "address or a host name this machine resolves, e.g. 0.0.0.0 "
+                                "or 127.0.0.1)")
+                return default
+            return value
+
+        def readable(name: str) -> str | None:
+            value = env.get(name, "").strip() or None
+            if value is not None:
+                try:
+                    with open(value, "rb"):
+                        pass
+                except OSError as exc:
+                    problems.append(f"environment: {name}={value!r} cannot be read "
+                                    f"({exc.strerror}) (accepted: a readable PEM file)")
+            return value
 
         def flag(name: str, default: bool) -> bool:
             raw = env.get(name)
@@ -103,13 +174,35 @@ class Settings:
                 return True
             if raw.strip().lower() in _FALSE:
                 return False
-            problems.append(f"environment: {name}={raw!r} is not a boolean (true/false)")
+            problems.append(f"environment: {name}={raw!r} is not a boolean "
+                            "(accepted: true/false, 1/0, yes/no, on/off)")
             return default
 
+        def key(name: str, *, several: bool = False) -> str | None:
+            raw = env.get(name) or None
+            if raw is None:
+                return None
+            for part in raw.split(",") if several else [raw]:
+                if part.strip() or not several:
+                    try:
+                        parse_key(name, part)
+                    except ConfigError as exc:
+                        problems.extend(exc.problems)
+            return raw
+
+        level = text("SIDECAR_LOG_LEVEL", d.log_level).upper()
+        if level not in LOG_LEVELS:
+            problems.append(f"environment: SIDECAR_LOG_LEVEL={env['SIDECAR_LOG_LEVEL']!r} is "
+                            f"not a log level (accepted: {', '.join(LOG_LEVELS)})")
+            level = d.log_level
         secret = env.get("CACHE_KEY_SECRET", "")
         credentials = tuple(
             h.strip() for h in env.get("CACHE_CREDENTIAL_HEADERS", "").split(",") if h.strip()
         ) or d.credential_headers
+        for header in credentials:
+            if not _TOKEN.fullmatch(header):
+                problems.append(f"environment: CACHE_CREDENTIAL_HEADERS: {header!r} is not a "
+                                "header name (accepted: comma-separated names like X-Api-Key)")
         if not {"authorization", "cookie"} <= {h.lower() for h in credentials}:
             problems.append("environment: CACHE_CREDENTIAL_HEADERS must keep Authorization "
                             "and Cookie (add headers, never remove those)")
@@ -119,23 +212,28 @@ class Settings:
                 f"environment: REDIS_URL must start with redis://, rediss://, unix:// or "
                 f"memory://, got scheme {redis_url.split(':', 1)[0]!r}"
             )
+        elif not redis_url.startswith("memory://") and (problem := _redis_problem(redis_url)):
+            problems.append(f"environment: REDIS_URL={_mask_url(redis_url)!r} {problem} "
+                            "(accepted: redis://[user:password@]host[:port][/db])")
         public_origin = _origin(env.get("SIDECAR_PUBLIC_ORIGIN", "").strip(), problems)
         upstream = text("UPSTREAM_URL", d.upstream_url).rstrip("/")
-        if not upstream.startswith(("http://", "https://")):
-            problems.append("environment: UPSTREAM_URL must be an http:// or https:// URL")
+        if not upstream.startswith(("http://", "https://")) or not _upstream_ok(upstream):
+            problems.append(f"environment: UPSTREAM_URL={_mask_url(upstream)!r} is not an "
+                            "http:// or https:// URL (accepted: http://host[:port], e.g. "
+                            "http://127.0.0.1:8000)")
         settings = cls(
             upstream_url=upstream,
             redis_url=redis_url,
-            host=text("SIDECAR_HOST", d.host),
-            port=integer("SIDECAR_PORT", d.port),
-            admin_host=text("SIDECAR_ADMIN_HOST", d.admin_host),
-            admin_port=integer("SIDECAR_ADMIN_PORT", d.admin_port),
+            host=host("SIDECAR_HOST", d.host),
+            port=port("SIDECAR_PORT", d.port),
+            admin_host=host("SIDECAR_ADMIN_HOST", d.admin_host),
+            admin_port=port("SIDECAR_ADMIN_PORT", d.admin_port),
             cache_enabled=flag("CACHE_ENABLED", d.cache_enabled),
             key_secret=secret.encode() if secret else None,
             credential_headers=credentials,
             max_body_bytes=integer("CACHE_MAX_BODY_BYTES", d.max_body_bytes),
             memory_max_bytes=integer("CACHE_MEMORY_MAX_BYTES", d.memory_max_bytes),
-            near_max_bytes=int(number("CACHE_NEAR_MAX_BYTES", d.near_max_bytes, minimum=-1e-9)),
+            near_max_bytes=integer("CACHE_NEAR_MAX_BYTES", d.near_max_bytes, minimum=0),
             redis_timeout=number("REDIS_TIMEOUT_MS", d.redis_timeout, scale=0.001),
             redis_connect_timeout=number(
                 "REDIS_CONNECT_TIMEOUT_MS", d.redis_connect_timeout, scale=0.001
@@ -155,20 +253,22 @@ class Settings:
             shutdown_timeout=number("SIDECAR_SHUTDOWN_TIMEOUT_S", d.shutdown_timeout),
             keepalive_timeout=number("SIDECAR_KEEPALIVE_TIMEOUT_S", d.keepalive_timeout),
             header_timeout=number("SIDECAR_HEADER_TIMEOUT_S", d.header_timeout),
-            redis_tls_ca=env.get("REDIS_TLS_CA_FILE") or None,
-            redis_tls_cert=env.get("REDIS_TLS_CERT_FILE") or None,
-            redis_tls_key=env.get("REDIS_TLS_KEY_FILE") or None,
+            redis_tls_ca=readable("REDIS_TLS_CA_FILE"),
+            redis_tls_cert=readable("REDIS_TLS_CERT_FILE"),
+            redis_tls_key=readable("REDIS_TLS_KEY_FILE"),
             lease_seconds=number("CACHE_LEASE_S", d.lease_seconds),
             lease_wait_seconds=number("CACHE_LEASE_WAIT_S", d.lease_wait_seconds),
             reload_interval=number("SIDECAR_RELOAD_INTERVAL_S", d.reload_interval),
             access_log_sample=number("SIDECAR_ACCESS_LOG_SAMPLE", d.access_log_sample,
-                                     minimum=-1e-9),
+                                     minimum=-1e-9, maximum=1.0,
+                                     accepted="a fraction from 0 to 1, e.g. 0.1"),
             admin_token=env.get("SIDECAR_ADMIN_TOKEN") or None,
-            encryption_key=env.get("CACHE_ENCRYPTION_KEY") or None,
-            encryption_key_previous=env.get("CACHE_ENCRYPTION_KEY_PREVIOUS") or None,
+            encryption_key=key("CACHE_ENCRYPTION_KEY"),
+            encryption_key_previous=key("CACHE_ENCRYPTION_KEY_PREVIOUS", several=True),
             warn_interval=number("SIDECAR_WARN_INTERVAL_S", d.warn_interval),
             public_origin=public_origin,
             workers=_count(env.get("SIDECAR_WORKERS", ""), "SIDECAR_WORKERS", d.workers, problems),
+            log_level=level,
         )
         if settings.workers > 1 and settings.cache_enabled and redis_url.startswith("memory://"):
             problems.append("environment: SIDECAR_WORKERS>1 needs a shared cache: with "
@@ -192,6 +292,7 @@ class Settings:
         return out
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)  # RFC 9110 field name
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", re.ASCII)
 
 
@@ -208,6 +309,42 @@ def _origin(raw: str, problems: list[str]) -> tuple[str, str] | None:
                         "https://identity.example.org or https://host:8443 (no path)")
         return None
     return scheme.lower(), rest
+
+
+def _bind_problem(host: str) -> str | None:
+    """Why the listener could not bind `host`, resolved as the listener will resolve it.
+
+    Listen addresses are resolved at validation (an IP literal or /etc/hosts costs
+    nothing); the upstream and Redis hosts are not, as they may come up after the sidecar.
+    """
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"does not resolve ({exc.args[-1] if exc.args else exc})"
+    return None
+
+
+def _redis_problem(url: str) -> str | None:
+    """What redis-py's own URL parser (the one the store uses) says about `url`."""
+    from redis.asyncio.connection import parse_url  # only when Redis is configured
+
+    try:
+        options = parse_url(url)
+    except (ValueError, TypeError) as exc:
+        return f"does not parse ({exc})".replace(url, "<url>")
+    if not url.startswith("unix://") and not options.get("host"):
+        return "names no host"
+    return None
+
+
+def _upstream_ok(url: str) -> bool:
+    from yarl import URL
+
+    try:
+        parsed = URL(url)
+        return bool(parsed.host) and (parsed.port is None or 0 < parsed.port < 65536)
+    except ValueError:
+        return False
 
 
 def _mask_url(url: str) -> str:

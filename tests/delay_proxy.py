@@ -13,6 +13,7 @@ class DelayProxy:
         self.max_delay = max_delay
         self._random = random.Random(seed)
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     async def start(self) -> None:
@@ -20,17 +21,34 @@ class DelayProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        """Stop listening and close every relayed connection.
+
+        From Python 3.12.1 `wait_closed()` waits for every connection the server accepted,
+        and a client's pool keeps its connections open: close them here, both sides.
+        """
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            try:
+                up_reader, up_writer = await asyncio.open_connection(
+                    "127.0.0.1", self.target_port)
+            except OSError:
+                writer.close()
+                return
+            self._writers.add(up_writer)
+            try:
+                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            finally:
+                self._writers.discard(up_writer)
+        finally:
+            self._writers.discard(writer)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -1,4 +1,4 @@
-"""`sidecar --check`: validate the rules file and the environment, then exit 0 or 1."""
+"""`sidecar --check`: validate the rules file and the environment, then exit 0 or 78."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.cli import main
+from sidecar.cli import EXIT_CONFIG, main
+from sidecar.settings import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTES = ROOT / "config" / "routes.yaml"
@@ -58,7 +59,7 @@ def test_check_shows_env_overrides(
 def test_bad_file_fails_naming_file_rule_and_problem(
     bad_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--check", "--config", str(bad_file)]) == 1
+    assert main(["--check", "--config", str(bad_file)]) == EXIT_CONFIG
     out, err = capsys.readouterr()
     assert out == ""
     lines = err.splitlines()
@@ -72,7 +73,7 @@ def test_bad_env_override_fails(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CACHE_TTL_PATIENT", "ten")
-    assert main(["--check", "--config", str(ROUTES)]) == 1
+    assert main(["--check", "--config", str(ROUTES)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert f"{ROUTES}: rule #1 'patient'" in err
     assert "CACHE_TTL_PATIENT='ten' is not a whole number" in err
@@ -85,12 +86,12 @@ def test_ttl_beyond_a_year_fails(
     huge = tmp_path / "routes.yaml"
     huge.write_text(ROUTES.read_text().replace("ttl: 600\n    ttl_env: CACHE_TTL_PATIENT",
                                                "ttl: 2000000000\n    ttl_env: CACHE_TTL_PATIENT"))
-    assert main(["--check", "--config", str(huge)]) == 1
+    assert main(["--check", "--config", str(huge)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert f"error: {huge}: rule #1 'patient': ttl must be 1 to 31536000 seconds (365 days), " \
            "got 2000000000" in err
     monkeypatch.setenv("CACHE_TTL_PROFESSIONAL", "2000000000")
-    assert main(["--check", "--config", str(ROUTES)]) == 1
+    assert main(["--check", "--config", str(ROUTES)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert f"error: {ROUTES}: rule #2 'professional': environment " \
            "CACHE_TTL_PROFESSIONAL='2000000000' is too long: a ttl must be 1 to 31536000 " \
@@ -101,13 +102,13 @@ def test_bad_setting_fails(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", "http://cache:6379")
-    assert main(["--check", "--config", str(ROUTES)]) == 1
+    assert main(["--check", "--config", str(ROUTES)]) == EXIT_CONFIG
     assert "error: environment: REDIS_URL must start with" in capsys.readouterr().err
 
 
 def test_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.yaml"
-    assert main(["--check", "--config", str(missing)]) == 1
+    assert main(["--check", "--config", str(missing)]) == EXIT_CONFIG
     assert f"error: {missing}: cannot read" in capsys.readouterr().err
 
 
@@ -115,25 +116,30 @@ def test_config_from_sidecar_config_env(
     bad_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SIDECAR_CONFIG", str(bad_file))
-    assert main(["--check"]) == 1
+    assert main(["--check"]) == EXIT_CONFIG
     assert str(bad_file) in capsys.readouterr().err
 
 
-def test_default_config_is_the_shipped_file(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_default_config_is_the_packaged_copy_from_any_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(tmp_path)
     assert main(["--check"]) == 0
-    assert "config/routes.yaml: OK (3 rules" in capsys.readouterr().out
+    assert f"{DEFAULT_CONFIG}: OK (3 rules" in capsys.readouterr().out
 
 
-def test_python_m_sidecar_check_exits_1_on_a_bad_file(bad_file: Path) -> None:
+def test_packaged_rules_are_config_routes_yaml() -> None:
+    assert DEFAULT_CONFIG.read_bytes() == ROUTES.read_bytes(), \
+        "sidecar/routes.yaml drifted: cp config/routes.yaml sidecar/routes.yaml"
+
+
+def test_python_m_sidecar_check_exits_78_on_a_bad_file(bad_file: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "--check", "--config", str(bad_file)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False,
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == EXIT_CONFIG, result.stderr
     assert result.stdout == ""
     assert f"error: {bad_file}: rule #1 'patient': key 'identity:patient:all'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -210,11 +210,11 @@ def test_build_codec() -> None:
 @pytest.mark.parametrize("current, previous, fragment", [
     ("not base64!", None, "CACHE_ENCRYPTION_KEY is not valid base64"),
     (b64(K1)[:-2], None, "CACHE_ENCRYPTION_KEY is not valid base64"),
-    (b64(os.urandom(16)), None, "CACHE_ENCRYPTION_KEY must decode to 32 bytes, got 16"),
-    (b64(os.urandom(33)), None, "CACHE_ENCRYPTION_KEY must decode to 32 bytes, got 33"),
+    (b64(os.urandom(16)), None, "CACHE_ENCRYPTION_KEY decodes to 16 bytes, not 32"),
+    (b64(os.urandom(33)), None, "CACHE_ENCRYPTION_KEY decodes to 33 bytes, not 32"),
     (b64(K1), "%%%", "CACHE_ENCRYPTION_KEY_PREVIOUS is not valid base64"),
     (b64(K1), f"{b64(K2)},{b64(b'short')}",
-     "CACHE_ENCRYPTION_KEY_PREVIOUS must decode to 32 bytes, got 5"),
+     "CACHE_ENCRYPTION_KEY_PREVIOUS decodes to 5 bytes, not 32"),
 ])
 def test_bad_keys_are_config_errors(current: str, previous: str | None, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:

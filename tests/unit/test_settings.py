@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sidecar.errors import ConfigError
@@ -29,7 +31,8 @@ def test_blank_values_mean_the_default() -> None:
     assert Settings.from_env(env) == Settings()
 
 
-def test_values_are_parsed() -> None:
+def test_values_are_parsed(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not checked here")
     settings = Settings.from_env({
         "UPSTREAM_URL": " https://identity.internal:8443/ ",
         "REDIS_URL": "rediss://cache:6380/2",
@@ -43,7 +46,7 @@ def test_values_are_parsed() -> None:
         "CACHE_BREAKER_COOLDOWN_S": "0.5",
         "CACHE_MAX_BODY_BYTES": "2048",
         "SIDECAR_ACCESS_LOG_SAMPLE": "0",
-        "REDIS_TLS_CA_FILE": "/etc/ca.pem",
+        "REDIS_TLS_CA_FILE": str(tmp_path / "ca.pem"),
     })
     assert settings.upstream_url == "https://identity.internal:8443"
     assert settings.redis_url == "rediss://cache:6380/2"
@@ -55,7 +58,7 @@ def test_values_are_parsed() -> None:
     assert (settings.breaker_failures, settings.breaker_cooldown) == (3, 0.5)
     assert settings.max_body_bytes == 2048
     assert settings.access_log_sample == 0
-    assert settings.redis_tls_ca == "/etc/ca.pem"
+    assert settings.redis_tls_ca == str(tmp_path / "ca.pem")
 
 
 @pytest.mark.parametrize("raw, value", [
@@ -86,12 +89,12 @@ def test_every_bad_value_is_reported_in_one_error() -> None:
     problems = info.value.problems
     assert len(problems) == 6, problems
     expected = [
-        "SIDECAR_PORT='eighty' is not a number",
-        "REDIS_TIMEOUT_MS='-1' must be greater than 0",
-        "CACHE_BREAKER_COOLDOWN_S='0' must be greater than 0",
+        "SIDECAR_PORT='eighty' is not a whole number (accepted: a whole number from 1 to 65535)",
+        "REDIS_TIMEOUT_MS='-1' is out of range (accepted: a number greater than 0)",
+        "CACHE_BREAKER_COOLDOWN_S='0' is out of range (accepted: a number greater than 0)",
         "CACHE_ENABLED='maybe' is not a boolean",
         "REDIS_URL must start with redis://",
-        "UPSTREAM_URL must be an http:// or https:// URL",
+        "UPSTREAM_URL='identity:8000' is not an http:// or https:// URL",
     ]
     for fragment in expected:
         assert any(fragment in p for p in problems), (fragment, problems)
@@ -115,8 +118,8 @@ def test_client_connection_timeouts_default_to_nginx_values_and_must_be_positive
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"SIDECAR_KEEPALIVE_TIMEOUT_S": "0", "SIDECAR_HEADER_TIMEOUT_S": "-1"})
     assert len(info.value.problems) == 2
-    assert "SIDECAR_KEEPALIVE_TIMEOUT_S='0' must be greater than 0" in info.value.problems[0]
-    assert "SIDECAR_HEADER_TIMEOUT_S='-1' must be greater than 0" in info.value.problems[1]
+    assert "SIDECAR_KEEPALIVE_TIMEOUT_S='0' is out of range" in info.value.problems[0]
+    assert "SIDECAR_HEADER_TIMEOUT_S='-1' is out of range" in info.value.problems[1]
 
 @pytest.mark.parametrize("name, raw", [
     ("SIDECAR_PORT", "nan"), ("SIDECAR_PORT", "inf"),
@@ -131,8 +134,8 @@ def test_non_finite_numbers_are_config_errors(name: str, raw: str) -> None:
 SECRETS = {
     "CACHE_KEY_SECRET": "key-secret-value",
     "SIDECAR_ADMIN_TOKEN": "admin-token-value",
-    "CACHE_ENCRYPTION_KEY": "encryption-key-value",
-    "CACHE_ENCRYPTION_KEY_PREVIOUS": "previous-key-value",
+    "CACHE_ENCRYPTION_KEY": "ZW5jcnlwdGlvbi1rZXktdmFsdWUtMzItYnl0ZXMhISE=",
+    "CACHE_ENCRYPTION_KEY_PREVIOUS": "cHJldmlvdXMta2V5LXZhbHVlLW9mLTMyLWJ5dGVzISE=",
 }
 
 
