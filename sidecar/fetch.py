@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from sidecar.coordination import Lease
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
-from sidecar.headers import COMPUTED_PER_ANSWER, client_headers
+from sidecar.headers import COMPUTED_PER_ANSWER, client_headers, has_undecodable_value
 from sidecar.logs import RateLimitedWarning
 from sidecar.lookup import lookup
 from sidecar.matching import Match
@@ -196,12 +196,24 @@ async def _read(
                            "relayed the declared bytes, not stored, connection dropped")
                 return Fetched(up.status, up.reason, out_headers, body, None,
                                "upstream-overflow")
+            if _unframed(up):
+                # Delimited by the close only: a connection cut short looks complete.
+                return Fetched(up.status, up.reason, out_headers, body, None, "unframed")
+            if has_undecodable_value(up.headers):
+                # Bytes that are not UTF-8 would be stored altered: relay, never store.
+                return Fetched(up.status, up.reason, out_headers, body, None, "bad-header")
             return up.status, up.reason, up.headers, out_headers, body
     # Too large to store: the caller that started the fill streams the rest of this very
     # response (one upstream request); anyone else forwards on their own.
     handover = Handover(up) if relay else None
     return Fetched(up.status, up.reason, out_headers, body, None, OVERSIZED, True,
                    handover=handover)
+
+
+def _unframed(up: aiohttp.ClientResponse) -> bool:
+    if up.status in (204, 304) or up.method == "HEAD" or "Content-Length" in up.headers:
+        return False
+    return "chunked" not in up.headers.get("Transfer-Encoding", "").lower()
 
 
 class Handover:

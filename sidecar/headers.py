@@ -30,7 +30,8 @@ ORIGIN_STEERING = frozenset({
     "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl",
     "x-original-url", "x-rewrite-url", "x-original-host", "x-host", "x-http-host-override",
     "x-http-method-override", "x-http-method", "x-method-override", "front-end-https",
-    "x-url-scheme",
+    "x-url-scheme", "x-forwarded-uri", "x-envoy-original-path", "x-real-ip",
+    "true-client-ip", "cf-connecting-ip", "x-client-ip", "x-cluster-client-ip",
 })
 # Conditional headers are evaluated by the sidecar on cacheable routes, so the upstream
 # must return a full body that can be stored.
@@ -70,6 +71,9 @@ def upstream_request_headers(
     if strip_conditionals:
         drop |= CONDITIONAL
     out = end_to_end(headers, drop)
+    # `X_Forwarded_Host` reaches a WSGI/ASGI app as X-Forwarded-Host: names with `_` go.
+    for name in [k for k in out if "_" in k]:
+        out.popall(name, None)
     if peer:
         prior = ", ".join(out.getall("X-Forwarded-For", []))
         out.popall("X-Forwarded-For", None)

@@ -169,3 +169,27 @@ async def test_a_stray_response_on_an_idle_connection_never_reaches_the_next_cal
             assert reply.status == 200 and reply.json() == {"id": pid}
         for pid in ("2", "3", "4"):
             assert (await stack.proxy.get(f"/api/v1/patients/{pid}")).json() == {"id": pid}
+
+
+async def test_close_delimited_and_non_utf8_header_responses_are_relayed_not_stored(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        path = heads[-1].split(b" ", 2)[1]
+        if path.endswith(b"/1"):  # no Content-Length, no chunking: ends with the close
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Connection: close\r\n\r\n{\"id\": \"1\"}")
+            await writer.drain()
+            writer.close()
+            raise ConnectionError  # this connection is done
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"X-Name: caf\xe9\xff\r\nContent-Length: 11\r\n\r\n{\"id\": \"2\"}")
+        await writer.drain()
+
+    async with raw_upstream(odd) as (url, heads):
+        stack = await make_stack({"UPSTREAM_URL": url})
+        unframed = await stack.proxy.get("/api/v1/patients/1")
+        assert unframed.status == 200 and "detail=unframed" in unframed.headers["Cache-Status"]
+        altered = await stack.proxy.get("/api/v1/patients/2")
+        assert altered.status == 200 and "detail=bad-header" in altered.headers["Cache-Status"]
+    assert await redis_client.exists("identity:patient:1", "identity:patient:2") == 0

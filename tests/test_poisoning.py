@@ -29,6 +29,10 @@ VECTORS = [
     {"X-Host": EVIL},
     {"X-Forwarded-Server": EVIL},
     {"X-HTTP-Method-Override": "DELETE"},
+    {"X-Forwarded-Uri": "/api/v1/patients/43"},
+    {"X-Envoy-Original-Path": "/api/v1/patients/43"},
+    {"X_Forwarded_Host": EVIL},
+    {"X-Real-IP": "6.6.6.6"},
 ]
 
 
