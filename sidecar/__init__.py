@@ -3,6 +3,7 @@
 Data flow, one module per step::
 
     cli -> settings, rules (config) -> server (listeners, signals, reload) -> app (factory)
+    rules -> yaml_marks (YAML with line:column for every key, repeated keys refused)
     server -> listener (client keep-alive and header deadlines, drain within its budget)
     proxy (handler)
       -> matching (rule, key) -> policy (may it use the cache?) -> variants (which copy)
