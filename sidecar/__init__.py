@@ -3,6 +3,7 @@
 Data flow, one module per step::
 
     cli -> settings, rules (config) -> server (listeners, signals, reload) -> app (factory)
+    rules -> yaml_marks (YAML with line:column for every key, repeated keys refused)
     server -> listener (client keep-alive and header deadlines, drain within its budget)
     SIDECAR_WORKERS > 1: cli -> supervisor (metrics dir) -> pool (workers, admin port)
                          -> N x server with worker (SO_REUSEPORT, control socket, lifeline)

@@ -36,9 +36,13 @@ class Entry:
     def age(self, now: float) -> int:
         return max(0, int(now - self.stored_at)) + self.initial_age
 
-    def remaining(self, now: float) -> float:
-        """Seconds of freshness left; negative once stale."""
-        return self.ttl - (now - self.stored_at) - self.initial_age
+    def remaining(self, now: float, ttl: int | None = None) -> float:
+        """Seconds of freshness left; negative once stale.
+
+        `ttl` is the rule's current TTL, so a hot-reloaded TTL applies to entries already
+        stored; the store's own expiry (set from the TTL at write time) still ends them.
+        """
+        return (self.ttl if ttl is None else ttl) - (now - self.stored_at) - self.initial_age
 
     def header(self, name: str) -> str | None:
         """First value of a header; the index is built on first use (a hit asks 3-4 times)."""

@@ -76,7 +76,7 @@ async def fetch(
     if claim.lease is None:
         woken = await rt.coordinator.wait(claim)
         entry = await lookup(rt, match, field)
-        if entry is not None and entry.remaining(rt.clock()) > 0:
+        if entry is not None and entry.remaining(rt.clock(), match.rule.ttl) > 0:
             rt.metrics.coalesced.labels(prefix, "replica").inc()
             return _from_replica(entry)
         rt.metrics.coalesced.labels(

@@ -139,7 +139,7 @@ async def _cached(
         entry = None
     now = rt.clock()
     if entry is not None:
-        remaining = entry.remaining(now)
+        remaining = entry.remaining(now, rule.ttl)  # the current rule's TTL (hot reload)
         if remaining > 0:
             rt.metrics.hit(prefix)
             outcome.cache = HIT
@@ -173,7 +173,7 @@ def _stale_if_error(entry: Entry | None, match: Match, now: float) -> bool:
     if entry is None:
         return False
     stale = match.rule.stale
-    return -entry.remaining(now) <= min(stale.if_error, stale.max)
+    return -entry.remaining(now, match.rule.ttl) <= min(stale.if_error, stale.max)
 
 
 async def _miss(

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sidecar.errors import ConfigError
+from sidecar.yaml_marks import Position, load, position_of
 
 DEFAULT_PARAM_PATTERN = "[1-9][0-9]{0,17}"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -29,6 +30,7 @@ _PATH_LITERAL = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
 _FORBIDDEN_PROBES = ("", "/", ":", "%", ".", "..", "*", "?", "#", " ", "a/b", "1:2", "%2F",
                      "12:34", "ab:cd", "1.2", "1 2")
 _TOP_FIELDS = {"version", "service", "defaults", "rules", "writes"}
+VERSIONS = (1,)  # `version:` values this sidecar reads; absent means 1
 _DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
 _RULE_FIELDS = {
     "name", "methods", "path", "params", "key", "ttl", "ttl_env", "query", "invalidates",
@@ -114,10 +116,16 @@ def load_rules(path: Path | str, env: Mapping[str, str] | None = None) -> RuleSe
 
 def parse_rules(raw: bytes, source: str, env: Mapping[str, str]) -> RuleSet:
     try:
-        doc = yaml.safe_load(raw)
+        doc, duplicates = load(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
-    return _Parser(source, env).parse(doc, hashlib.sha256(raw).hexdigest()[:16])
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark is not None else "1:1"
+        text = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError([f"{source}:{where}: not valid YAML: {text}"]) from None
+    parser = _Parser(source, env)
+    for at, problem in duplicates:
+        parser.fail("YAML", problem, at)
+    return parser.parse(doc, hashlib.sha256(raw).hexdigest()[:16])
 
 
 class _Parser:
@@ -125,129 +133,168 @@ class _Parser:
         self.source = source
         self.env = env
         self.problems: list[str] = []
+        self.here: Position = (1, 1)  # the item being read: where a problem without a field is
+        # (name, key shape, position) of every rule whose name and key are themselves valid,
+        # so a rule with other errors is still checked against the others
+        self.identities: list[tuple[str, str, Position]] = []  # name, key, where
 
-    def fail(self, where: str, problem: str) -> None:
-        self.problems.append(f"{self.source}: {where}: {problem}")
+    def fail(self, where: str, problem: str, at: Position | None = None) -> None:
+        line, column = at or self.here
+        self.problems.append(f"{self.source}:{line}:{column}: {where}: {problem}")
+
+    def at(self, item: Any, field: Any = None) -> Position:
+        return position_of(item, field) or self.here
 
     def parse(self, doc: Any, digest: str) -> RuleSet:
         if not isinstance(doc, dict):
-            raise ConfigError([f"{self.source}: top level must be a mapping with 'rules'"])
+            line, column = position_of(doc) or (1, 1)
+            raise ConfigError([*self.problems, f"{self.source}:{line}:{column}: top level "
+                                                "must be a mapping with 'rules'"])
+        self.here = self.at(doc)
         self.unknown("top level", doc, _TOP_FIELDS)
+        version = doc.get("version", 1)
+        if isinstance(version, bool) or version not in VERSIONS:
+            self.fail("version", f"unknown version {version!r} (accepted: "
+                                 f"{', '.join(map(str, VERSIONS))}); this sidecar would "
+                                 "misread it", self.at(doc, "version"))
         service = doc.get("service", "identity")
         if not isinstance(service, str) or not _KEY_LITERAL.fullmatch(service):
-            self.fail("service", f"must be lowercase letters, digits, '-' or '_', got {service!r}")
+            self.fail("service", f"must be lowercase letters, digits, '-' or '_', got {service!r}",
+                      self.at(doc, "service"))
             service = "identity"
         defaults = doc.get("defaults") or {}
         if not isinstance(defaults, dict):
-            self.fail("defaults", "must be a mapping")
+            self.fail("defaults", "must be a mapping", self.at(doc, "defaults"))
             defaults = {}
+        self.here = self.at(doc, "defaults")
         self.unknown("defaults", defaults, _DEFAULT_FIELDS)
-        default_ttl = self.ttl("defaults", defaults.get("ttl", 300),
+        default_ttl = self.ttl("defaults", defaults, defaults.get("ttl", 300),
                                defaults.get("ttl_env", "CACHE_TTL_DEFAULT"))
-        default_stale = self.stale("defaults", defaults.get("stale"), Stale())
+        default_stale = self.stale("defaults", defaults, Stale())
         raw_rules = doc.get("rules")
         if not isinstance(raw_rules, list) or not raw_rules:
-            self.fail("rules", "must be a non-empty list")
+            self.fail("rules", "must be a non-empty list", self.at(doc, "rules"))
             raw_rules = []
         rules: list[Rule] = []
         for index, item in enumerate(raw_rules, 1):
+            self.here = self.at(raw_rules, index - 1)
             rule = self.rule(index, item, service, default_ttl, default_stale)
             if rule is not None:
                 rules.append(rule)
-        self.unique(rules)
-        writes = [
-            w for i, item in enumerate(doc.get("writes") or [], 1)
-            if (w := self.write(i, item, service)) is not None
-        ]
+        self.unique()
+        raw_writes = doc.get("writes") or []
+        if not isinstance(raw_writes, list):
+            self.fail("writes", "must be a list of {path, invalidates}", self.at(doc, "writes"))
+            raw_writes = []
+        writes: list[WriteRule] = []
+        for i, item in enumerate(raw_writes, 1):
+            self.here = self.at(raw_writes, i - 1)
+            if (w := self.write(i, item, service)) is not None:
+                writes.append(w)
         if self.problems:
             raise ConfigError(self.problems)
         return RuleSet(service, tuple(rules), tuple(writes), self.source, digest)
 
     def unknown(self, where: str, item: dict[str, Any], allowed: set[str]) -> None:
         for name in sorted(set(item) - allowed, key=str):
-            self.fail(where, f"unknown field {name!r} (allowed: {', '.join(sorted(allowed))})")
+            self.fail(where, f"unknown field {name!r} (allowed: {', '.join(sorted(allowed))})",
+                      self.at(item, name))
 
-    def ttl(self, where: str, value: Any, env_name: Any) -> tuple[int, str | None]:
+    def ttl(self, where: str, item: Any, value: Any, env_name: Any) -> tuple[int, str | None]:
+        env_at, ttl_at = self.at(item, "ttl_env"), self.at(item, "ttl")
         if env_name is not None and not (
             isinstance(env_name, str) and _ENV_NAME.fullmatch(env_name)
         ):
-            self.fail(where, f"ttl_env must be an UPPER_CASE variable name, got {env_name!r}")
+            self.fail(where, f"ttl_env must be an UPPER_CASE variable name, got {env_name!r}",
+                      env_at)
             env_name = None
         raw_env = self.env.get(env_name, "").strip() if env_name else ""
         if raw_env:
             try:
                 value = int(raw_env)
             except ValueError:
-                self.fail(where, f"environment {env_name}={raw_env!r} is not a whole number")
+                self.fail(where, f"environment {env_name}={raw_env!r} is not a whole number",
+                          env_at)
                 return 1, env_name
             if value <= 0:
-                self.fail(where, f"environment {env_name}={raw_env!r} must be > 0 seconds")
+                self.fail(where, f"environment {env_name}={raw_env!r} must be > 0 seconds",
+                          env_at)
             elif value > MAX_TTL_SECONDS:
                 self.fail(where, f"environment {env_name}={raw_env!r} is too long: a ttl "
-                                 f"must be {_TTL_RANGE}")
+                                 f"must be {_TTL_RANGE}", env_at)
             return value, env_name
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(where, f"ttl must be a whole number of seconds, got {value!r}")
+            self.fail(where, f"ttl must be a whole number of seconds, got {value!r}", ttl_at)
             return 1, env_name
         if value <= 0:
-            self.fail(where, f"ttl must be > 0 seconds, got {value}")
+            self.fail(where, f"ttl must be > 0 seconds, got {value}", ttl_at)
         elif value > MAX_TTL_SECONDS:
-            self.fail(where, f"ttl must be {_TTL_RANGE}, got {value}")
+            self.fail(where, f"ttl must be {_TTL_RANGE}, got {value}", ttl_at)
         return value, env_name
 
-    def stale(self, where: str, value: Any, default: Stale) -> Stale:
+    def stale(self, where: str, item: Any, default: Stale) -> Stale:
+        value = item.get("stale") if isinstance(item, dict) else None
         if value is None:
             return default
         if not isinstance(value, dict):
-            self.fail(where, "stale must be a mapping with while_revalidate, if_error, max")
+            self.fail(where, "stale must be a mapping with while_revalidate, if_error, max",
+                      self.at(item, "stale"))
             return default
         self.unknown(f"{where}: stale", value, _STALE_FIELDS)
         numbers: dict[str, int] = {}
         for name in sorted(_STALE_FIELDS):
             n = value.get(name, getattr(default, name))
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                self.fail(where, f"stale.{name} must be a whole number >= 0, got {n!r}")
+                self.fail(where, f"stale.{name} must be a whole number >= 0, got {n!r}",
+                          self.at(value, name))
                 n = 0
             elif n > MAX_STALE_SECONDS:
                 self.fail(where, f"stale.{name} must be 0 to {MAX_STALE_SECONDS} seconds "
-                                 f"(365 days), got {n}")
+                                 f"(365 days), got {n}", self.at(value, name))
                 n = 0
             numbers[name] = n
         if "max" not in value:
             numbers["max"] = max(numbers["while_revalidate"], numbers["if_error"])
         return Stale(**numbers)
 
-    def template(
-        self, where: str, path: Any, params: Any
-    ) -> tuple[re.Pattern[str], set[str]] | None:
+    def template(self, where: str, item: Any) -> tuple[re.Pattern[str], set[str]] | None:
         """Compile a path template to an anchored regex over the raw (encoded) path."""
+        path, params, path_at = item.get("path"), item.get("params"), self.at(item, "path")
         if not isinstance(path, str) or not path.startswith("/"):
-            self.fail(where, f"path must start with '/', got {path!r}")
+            self.fail(where, f"path must start with '/', got {path!r}", path_at)
             return None
         params = params or {}
         if not isinstance(params, dict):
-            self.fail(where, "params must map parameter names to regex patterns")
+            self.fail(where, "params must map parameter names to regex patterns",
+                      self.at(item, "params"))
             return None
         names: list[str] = _PLACEHOLDER.findall(path)
-        for extra in sorted(set(params) - set(names)):
-            self.fail(where, f"params.{extra} does not appear in path {path!r}")
+        for extra in sorted(set(params) - set(names), key=str):
+            self.fail(where, f"params.{extra} does not appear in path {path!r}",
+                      self.at(params, extra))
         pieces, last = [], 0
         for m in _PLACEHOLDER.finditer(path):
             literal = path[last:m.start()]
             if not _PATH_LITERAL.fullmatch(literal):
-                self.fail(where, f"path {path!r} has characters that need percent-encoding")
+                self.fail(where, f"path {path!r} has characters that need percent-encoding",
+                          path_at)
             pieces.append(re.escape(literal))
             pattern = params.get(m.group(1), DEFAULT_PARAM_PATTERN)
-            if not self.param_pattern(where, m.group(1), pattern):
+            self.here, outer = self.at(params, m.group(1)), self.here
+            ok = self.param_pattern(where, m.group(1), pattern)
+            self.here = outer
+            if not ok:
                 return None
             pieces.append(f"(?P<{m.group(1)}>{pattern})")
             last = m.end()
         tail = path[last:]
         if not _PATH_LITERAL.fullmatch(tail) or "{" in tail or "}" in tail:
-            self.fail(where, f"path {path!r} has an unbalanced or invalid placeholder")
+            self.fail(where, f"path {path!r} has an unbalanced or invalid placeholder", path_at)
+            return None
         pieces.append(re.escape(tail))
         if len(set(names)) != len(names):
-            self.fail(where, f"path {path!r} repeats a parameter")
+            self.fail(where, f"path {path!r} repeats a parameter", path_at)
+            return None
         return re.compile("".join(pieces), re.ASCII), set(names)
 
     @staticmethod
@@ -279,7 +326,20 @@ class _Parser:
             return False
         return True
 
-    def key_template(self, where: str, key: Any, service: str, names: set[str]) -> str | None:
+    def key_template(
+        self, where: str, item: Any, service: str, names: set[str] | None
+    ) -> str | None:
+        """The key template; `names` None when the path failed (no comparison then)."""
+        key, outer = item.get("key"), self.here
+        self.here = self.at(item, "key")
+        try:
+            return self._key_template(where, key, service, names)
+        finally:
+            self.here = outer
+
+    def _key_template(
+        self, where: str, key: Any, service: str, names: set[str] | None
+    ) -> str | None:
         if not isinstance(key, str):
             self.fail(where, f"key must be a string like '{service}:patient:{{id}}'")
             return None
@@ -296,7 +356,7 @@ class _Parser:
                                  "letters, digits, '-', '_' or one {placeholder}")
                 return None
         used = set(_PLACEHOLDER.findall(key))
-        if used != names:
+        if names is not None and used != names:
             self.fail(where, f"key {key!r} must use exactly the path parameters "
                              f"{sorted(names)}, it uses {sorted(used)}")
             return None
@@ -313,28 +373,36 @@ class _Parser:
             return None
         count = len(self.problems)
         self.unknown(where, item, _RULE_FIELDS)
-        if not isinstance(name, str) or not _KEY_LITERAL.fullmatch(name):
-            self.fail(where, "name must be lowercase letters, digits, '-' or '_'")
+        name_ok = isinstance(name, str) and bool(_KEY_LITERAL.fullmatch(name))
+        if not name_ok:
+            self.fail(where, "name must be lowercase letters, digits, '-' or '_'",
+                      self.at(item, "name"))
         methods = item.get("methods", ["GET"])
         if not isinstance(methods, list) or not methods or any(
             m not in ("GET", "HEAD") for m in methods
         ):
-            self.fail(where, f"methods must list GET (HEAD is implied), got {methods!r}")
-        compiled = self.template(where, item.get("path"), item.get("params"))
-        key = self.key_template(where, item.get("key"), service,
-                                compiled[1] if compiled else set())
+            self.fail(where, f"methods must list GET (HEAD is implied), got {methods!r}",
+                      self.at(item, "methods"))
+        compiled = self.template(where, item)
+        path_failed = len(self.problems) > count and compiled is None
+        key = self.key_template(where, item, service, None if path_failed else (
+            compiled[1] if compiled else set()))
+        if name_ok and key is not None:
+            self.identities.append((str(name), key, self.here))
         if "ttl" in item or "ttl_env" in item:
-            ttl, ttl_env = self.ttl(where, item.get("ttl", default_ttl[0]), item.get("ttl_env"))
+            ttl, ttl_env = self.ttl(where, item, item.get("ttl", default_ttl[0]),
+                                    item.get("ttl_env"))
         else:
             ttl, ttl_env = default_ttl
         query = item.get("query") or []
         if not isinstance(query, list) or not all(
             isinstance(q, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", q) for q in query
         ):
-            self.fail(where, f"query must list parameter names, got {query!r}")
+            self.fail(where, f"query must list parameter names, got {query!r}",
+                      self.at(item, "query"))
             query = []
-        invalidates = self.invalidates(where, item.get("invalidates"), service)
-        stale = self.stale(where, item.get("stale"), default_stale)
+        invalidates = self.invalidates(where, item, service)
+        stale = self.stale(where, item, default_stale)
         if len(self.problems) > count or compiled is None or key is None:
             return None
         return Rule(
@@ -344,19 +412,22 @@ class _Parser:
             ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
         )
 
-    def invalidates(self, where: str, value: Any, service: str) -> tuple[str, ...]:
+    def invalidates(self, where: str, item: Any, service: str) -> tuple[str, ...]:
+        value = item.get("invalidates")
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.fail(where, "invalidates must be a list of exact keys")
+            self.fail(where, "invalidates must be a list of exact keys",
+                      self.at(item, "invalidates"))
             return ()
-        for key in value:
+        for i, key in enumerate(value):
             parts = key.split(":")
             if len(parts) < 3 or parts[0] != service or not all(
                 _KEY_LITERAL.fullmatch(p) for p in parts
             ):
                 self.fail(where, f"invalidates: {key!r} must be an exact key "
-                                 f"'{service}:<entity>:<identifier>' (no placeholders or globs)")
+                                 f"'{service}:<entity>:<identifier>' (no placeholders or globs)",
+                          self.at(value, i))
         return tuple(value)
 
     def write(self, index: int, item: Any, service: str) -> WriteRule | None:
@@ -365,23 +436,27 @@ class _Parser:
             self.fail(where, "must be a mapping with path and invalidates")
             return None
         self.unknown(where, item, _WRITE_FIELDS)
-        compiled = self.template(where, item.get("path"), item.get("params"))
-        invalidates = self.invalidates(where, item.get("invalidates"), service)
+        compiled = self.template(where, item)
+        invalidates = self.invalidates(where, item, service)
         if compiled is None or not invalidates:
-            if compiled is not None:
+            if compiled is not None and "invalidates" not in item:
                 self.fail(where, "invalidates must name at least one key")
+            elif compiled is not None and item.get("invalidates") == []:
+                self.fail(where, "invalidates must name at least one key",
+                          self.at(item, "invalidates"))
             return None
         return WriteRule(item["path"], compiled[0], invalidates)
 
-    def unique(self, rules: list[Rule]) -> None:
+    def unique(self) -> None:
+        """Names and key shapes, over every rule whose name and key are valid."""
         seen_keys: dict[str, str] = {}
         seen_names: set[str] = set()
-        for rule in rules:
-            shape = _PLACEHOLDER.sub("{}", rule.key)  # {id} and {pid} address the same keys
+        for name, key, at in self.identities:
+            shape = _PLACEHOLDER.sub("{}", key)  # {id} and {pid} address the same keys
             if shape in seen_keys:
-                self.fail(f"rule {rule.name!r}",
-                          f"key {rule.key!r} is already used by rule {seen_keys[shape]!r}")
-            seen_keys[shape] = rule.name
-            if rule.name in seen_names:
-                self.fail(f"rule {rule.name!r}", "name is used twice")
-            seen_names.add(rule.name)
+                self.fail(f"rule {name!r}",
+                          f"key {key!r} is already used by rule {seen_keys[shape]!r}", at)
+            seen_keys.setdefault(shape, name)
+            if name in seen_names:
+                self.fail(f"rule {name!r}", "name is used twice", at)
+            seen_names.add(name)

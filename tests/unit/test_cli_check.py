@@ -64,7 +64,7 @@ def test_bad_file_fails_naming_file_rule_and_problem(
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"error: {bad_file}: ")
+    assert lines[0].startswith(f"error: {bad_file}:4:5: ")  # the key's line and column
     assert "'patient'" in lines[0]
     assert "must use exactly the path parameters ['id']" in lines[0]
 
@@ -75,7 +75,7 @@ def test_bad_env_override_fails(
     monkeypatch.setenv("CACHE_TTL_PATIENT", "ten")
     assert main(["--check", "--config", str(ROUTES)]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"{ROUTES}: rule #1 'patient'" in err
+    assert f"{ROUTES}:19:5: rule #1 'patient'" in err  # the ttl_env line
     assert "CACHE_TTL_PATIENT='ten' is not a whole number" in err
 
 
@@ -88,12 +88,12 @@ def test_ttl_beyond_a_year_fails(
                                                "ttl: 2000000000\n    ttl_env: CACHE_TTL_PATIENT"))
     assert main(["--check", "--config", str(huge)]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"error: {huge}: rule #1 'patient': ttl must be 1 to 31536000 seconds (365 days), " \
-           "got 2000000000" in err
+    assert f"error: {huge}:18:5: rule #1 'patient': ttl must be 1 to 31536000 seconds " \
+           "(365 days), got 2000000000" in err
     monkeypatch.setenv("CACHE_TTL_PROFESSIONAL", "2000000000")
     assert main(["--check", "--config", str(ROUTES)]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"error: {ROUTES}: rule #2 'professional': environment " \
+    assert f"error: {ROUTES}:29:5: rule #2 'professional': environment " \
            "CACHE_TTL_PROFESSIONAL='2000000000' is too long: a ttl must be 1 to 31536000 " \
            "seconds (365 days)" in err
 
@@ -141,5 +141,5 @@ def test_python_m_sidecar_check_exits_78_on_a_bad_file(bad_file: Path) -> None:
     )
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert result.stdout == ""
-    assert f"error: {bad_file}: rule #1 'patient': key 'identity:patient:all'" in result.stderr
+    assert f"error: {bad_file}:4:5: rule #1 'patient': key 'identity:patient:all'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,11 +39,20 @@ def parse(yaml_text: str, env: Mapping[str, str] | None = None) -> RuleSet:
     return parse_rules(textwrap.dedent(yaml_text).encode(), SOURCE, env or {})
 
 
-def problems(yaml_text: str, env: Mapping[str, str] | None = None) -> list[str]:
+def located(yaml_text: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """The problems as reported: each starts with `file:line:column: `."""
     with pytest.raises(ConfigError) as info:
         parse(yaml_text, env)
     assert str(info.value) == "\n".join(info.value.problems)
+    for problem in info.value.problems:
+        assert re.match(rf"{re.escape(SOURCE)}:\d+:\d+: ", problem), problem
     return info.value.problems
+
+
+def problems(yaml_text: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """The problems without their line and column, for tests about the wording."""
+    return [re.sub(rf"^({re.escape(SOURCE)}):\d+:\d+:", r"\1:", p)
+            for p in located(yaml_text, env)]
 
 
 def assert_rejected(

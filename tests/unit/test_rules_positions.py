@@ -1,0 +1,105 @@
+"""Rules errors say `file:line:column`, refuse repeated keys and list every real problem."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from sidecar.errors import ConfigError
+from sidecar.rules import parse_rules
+
+SOURCE = "routes.yaml"
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_rules(textwrap.dedent(text).encode(), SOURCE, {})
+    return info.value.problems
+
+
+def test_a_semantic_problem_names_the_line_and_column_of_its_field() -> None:
+    found = problems("""\
+        version: 1
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            ttl: -5
+    """)
+    assert found == [f"{SOURCE}:6:5: rule #1 'patient': ttl must be > 0 seconds, got -5"]
+
+
+def test_a_key_written_twice_is_refused_where_it_repeats() -> None:
+    found = problems("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            ttl: 10
+            ttl: 20
+    """)
+    assert found == [f"{SOURCE}:6:5: YAML: key 'ttl' is written twice (first at line 5): "
+                     "keep one"]
+
+
+def test_a_bad_path_does_not_also_blame_the_key() -> None:
+    found = problems("""\
+        rules:
+          - name: patient
+            path: api/v1/patients/{id}
+            key: identity:patient:{id}
+    """)
+    assert found == [f"{SOURCE}:3:5: rule #1 'patient': path must start with '/', "
+                     "got 'api/v1/patients/{id}'"]
+
+
+def test_a_rule_with_an_error_is_still_checked_against_the_others() -> None:
+    found = problems("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+          - name: patient
+            path: /api/v2/patients/{pid}
+            key: identity:patient:{pid}
+            ttl: zero
+    """)
+    assert f"{SOURCE}:8:5: rule #2 'patient': ttl must be a whole number of seconds, " \
+           "got 'zero'" in found
+    assert f"{SOURCE}:5:5: rule 'patient': key 'identity:patient:{{pid}}' is already used " \
+           "by rule 'patient'" in found
+    assert f"{SOURCE}:5:5: rule 'patient': name is used twice" in found
+    assert len(found) == 3
+
+
+@pytest.mark.parametrize("version", ["2", "'1'", "true", "0.9"])
+def test_an_unknown_version_is_refused(version: str) -> None:
+    found = problems(f"""\
+        version: {version}
+        rules:
+          - name: patient
+            path: /api/v1/patients/{{id}}
+            key: identity:patient:{{id}}
+    """)
+    assert len(found) == 1
+    assert found[0].startswith(f"{SOURCE}:1:1: version: unknown version ")
+    assert "(accepted: 1)" in found[0]
+
+
+def test_a_yaml_syntax_error_has_a_position_too() -> None:
+    (found,) = problems("rules:\n  - name: patient\n    path: [unclosed\n")
+    assert found.startswith(f"{SOURCE}:4:1: not valid YAML: ")
+
+
+def test_an_unknown_field_points_at_itself() -> None:
+    found = problems("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            tll: 600
+    """)
+    assert found == [f"{SOURCE}:5:5: rule #1 'patient': unknown field 'tll' (allowed: "
+                     "invalidates, key, methods, name, params, path, query, stale, ttl, "
+                     "ttl_env)"]
