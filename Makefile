@@ -8,18 +8,30 @@ export REDIS_URL ?= memory://
 # The demo's admin port listens on loopback only, so purge works there without a token.
 export SIDECAR_ADMIN_HOST ?= 127.0.0.1
 
-.PHONY: install run test suite lint bench clean
+.PHONY: install run test suite lint lock bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 install: $(VENV)/.installed
 
-# Reinstalls only when the dependencies change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Reinstalls only when the dependencies change. Runtime dependencies come from the hashed
+# requirements.lock, exactly as the Dockerfile installs them, so the demo and the tests run
+# the versions that ship; the dev tools (pyproject's `dev` extra) are added around them and
+# pip does not move an already-satisfied locked version.
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes --only-binary=:all: --no-deps -r requirements.lock
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip check
 	touch $@
+
+# Refresh requirements.lock from pyproject's dependencies (newest versions the specifiers
+# allow; needs the index), then run tests/test_dockerfile.py, which checks it.
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet 'pip-tools>=7'
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 # Stand-in identity service on $(STUB_PORT), the sidecar on 8080 (admin 9090) in front.
 run: install
