@@ -101,8 +101,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def ensure_tools() -> None:
-    missing = [p for p, tool in (("wrk", "wrk"), ("nginx", "nginx"), ("redis-server",
-                                 "redis-server")) if shutil.which(tool) is None]
+    missing = [tool for tool in ("wrk", "nginx", "redis-server") if shutil.which(tool) is None]
     if missing:
         print(f"# installing {' '.join(missing)}", file=sys.stderr)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from multidict import CIMultiDict, CIMultiDictProxy
 
 X_CACHE = "X-Cache"
@@ -39,6 +37,12 @@ CONDITIONAL = frozenset({"if-none-match", "if-modified-since", "if-match",
                          "if-unmodified-since", "if-range"})
 
 
+# Built once: the request path would otherwise rebuild these sets on every request.
+_FORWARD_DROP = _REQUEST_DROP | ORIGIN_STEERING
+_FILL_DROP = _FORWARD_DROP | CONDITIONAL
+_RESPONSE_DROP = frozenset({"content-length"})
+
+
 def connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Every header the `Connection` header names is hop-by-hop for this message."""
     names: set[str] = set()
@@ -48,16 +52,16 @@ def connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froze
 
 
 def end_to_end(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
-    """Copy `headers` without hop-by-hop ones and without the names in `drop`."""
-    skip = HOP_BY_HOP | connection_named(headers) | {d.lower() for d in drop}
+    """Copy `headers` without hop-by-hop ones and without the (lower-case) names in `drop`."""
+    skip = HOP_BY_HOP | connection_named(headers) | drop
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in skip)
 
 
 def client_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """Upstream response headers for the client; Content-Length is set from the body."""
-    return end_to_end(upstream, drop=("content-length",))
+    return end_to_end(upstream, _RESPONSE_DROP)
 
 
 def upstream_request_headers(
@@ -67,10 +71,7 @@ def upstream_request_headers(
     """Headers to send upstream: end-to-end ones, X-Forwarded-For for the caller, and the
     configured public origin (proto, host) as X-Forwarded-Proto/-Host, never the client's.
     """
-    drop = _REQUEST_DROP | ORIGIN_STEERING
-    if strip_conditionals:
-        drop |= CONDITIONAL
-    out = end_to_end(headers, drop)
+    out = end_to_end(headers, _FILL_DROP if strip_conditionals else _FORWARD_DROP)
     # `X_Forwarded_Host` reaches a WSGI/ASGI app as X-Forwarded-Host: names with `_` go.
     for name in [k for k in out if "_" in k]:
         out.popall(name, None)
