@@ -61,9 +61,18 @@ class Flights(Generic[T]):
         return True
 
     async def idle(self) -> None:
-        """Until every running fetch and refresh has finished (for drain and tests)."""
+        """Until every running fetch and refresh has finished (for drain and tests).
+
+        Only unfinished tasks are awaited: on Python 3.12+ awaiting a gather of finished
+        tasks does not yield, so a finished task whose `discard` callback is still queued
+        would spin this loop forever (aiojobs#623). `sleep(0)` lets that callback run.
+        """
         while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            pending = [task for task in self._tasks if not task.done()]
+            if pending:
+                await asyncio.wait(pending)
+            else:
+                await asyncio.sleep(0)
 
     async def cancel_background(self) -> None:
         """Refreshes nobody waits for: cancelled first when the process drains."""
