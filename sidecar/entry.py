@@ -32,6 +32,7 @@ class Entry:
     ttl: int
     initial_age: int = 0  # the upstream's Age when stored (RFC 9111 §4.2.3)
     _index: dict[str, str] | None = field(default=None, compare=False, repr=False)
+    _wire: bytes | None = field(default=None, compare=False, repr=False)  # see wire.py
 
     def age(self, now: float) -> int:
         return max(0, int(now - self.stored_at)) + self.initial_age
@@ -53,6 +54,14 @@ class Entry:
                 index.setdefault(k.lower(), v)
             object.__setattr__(self, "_index", index)
         return index.get(name.lower())
+
+    @property
+    def wire(self) -> bytes | None:
+        """The stored headers serialised for the socket (b"" if they must be refused)."""
+        return self._wire
+
+    def remember_wire(self, block: bytes) -> None:
+        object.__setattr__(self, "_wire", block)
 
     def encode(self) -> bytes:
         meta = json.dumps(

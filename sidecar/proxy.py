@@ -35,6 +35,7 @@ from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, error, lab
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.telemetry import PROPAGATOR
 from sidecar.variants import accepted_codings, variant_field
+from sidecar.wire import eligible
 
 log = logging.getLogger("sidecar.proxy")
 # RFC 9110 §9.2.1: every other method, extensions included, may change the entity, and
@@ -145,7 +146,7 @@ async def _cached(
             outcome.cache = HIT
             return replay(entry, now=now, head=head, x_cache=HIT,
                           status=cache_status("hit", f"ttl={int(remaining)}"),
-                          not_modified=_conditional(request, entry))
+                          not_modified=_conditional(request, entry), plain=eligible(request))
         if -remaining <= min(rule.stale.while_revalidate, rule.stale.max) and not rt.draining:
             upstream_headers = forwarded_headers(request, strip_conditionals=True)
             rt.flights.background(
@@ -156,7 +157,7 @@ async def _cached(
             outcome.cache = STALE
             return replay(entry, now=now, head=head, x_cache=STALE,
                           status=cache_status("hit", "fwd=stale", f"ttl={int(remaining)}"),
-                          not_modified=_conditional(request, entry))
+                          not_modified=_conditional(request, entry), plain=eligible(request))
     rt.metrics.miss(prefix)
     outcome.cache = MISS
     return await _miss(request, rt, match, field, entry, refresh, outcome)
@@ -233,7 +234,7 @@ async def _miss(
 def _serve_stale_on_error(
     request: web.Request, rt: Runtime, match: Match, stale: Entry, now: float,
     outcome: Outcome,
-) -> web.Response:
+) -> web.StreamResponse:
     # Already counted as a miss (the cache had nothing fresh); the stale counter says why
     # it was answered anyway, and the duration metric and access log say STALE, as the
     # client's X-Cache does.

@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 
 from sidecar.entry import Entry
 from sidecar.headers import AGE, CACHE_NAME, CACHE_STATUS, X_CACHE
+from sidecar.wire import WireResponse, stored_block, wire_replay
 
 HIT, MISS, BYPASS, STALE = "HIT", "MISS", "BYPASS", "STALE"
 # RFC 9110 §15.4.5: a 304 carries the headers a 200 would have for these.
@@ -31,9 +32,16 @@ def label(headers: CIMultiDict[str], x_cache: str, status: str) -> None:
 
 def replay(
     entry: Entry, *, now: float, head: bool, x_cache: str, status: str,
-    not_modified: bool = False,
-) -> web.Response:
-    """A stored entry as a response; Age counts the time it has spent in the cache."""
+    not_modified: bool = False, plain: bool = False,
+) -> web.Response | WireResponse:
+    """A stored entry as a response; Age counts the time it has spent in the cache.
+
+    `plain` (see `wire.eligible`): the request may get the one-buffer answer.
+    """
+    if plain and not not_modified and not head:
+        block = stored_block(entry)
+        if block is not None:
+            return wire_replay(entry, block, entry.age(now), x_cache, status)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in entry.headers:
         if not not_modified or name.lower() in _304_HEADERS:

@@ -5,6 +5,7 @@ Only `Age`, `X-Cache` and `Cache-Status` may differ.
 
 from __future__ import annotations
 
+import asyncio
 from email.utils import formatdate
 
 from redis.asyncio import Redis
@@ -84,3 +85,45 @@ async def test_if_modified_since_uses_the_stored_date_without_last_modified(
     earlier = formatdate(0, usegmt=True)
     full = await stack.proxy.get(PATIENT, headers={"If-Modified-Since": earlier})
     assert full.status == 200
+
+
+async def _raw_get(base: str, request_head: str) -> tuple[bytes, list[tuple[str, str]], bytes]:
+    """One request over a raw socket: status line, headers in wire order, body."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request_head.encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, *lines = head.decode().split("\r\n")[:-2]
+        headers = [(n.lower(), v) for n, v in (line.split(": ", 1) for line in lines)]
+        length = int(dict(headers)["content-length"])
+        return status.encode(), headers, await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def test_one_buffer_hit_sends_the_bytes_of_the_ordinary_hit(
+    stack: Stack, redis_client: Redis
+) -> None:
+    """A keep-alive HTTP/1.1 hit is written as one buffer (sidecar/wire.py); HTTP/1.0 and
+    `Connection: close` take aiohttp's ordinary response. Both must send the same thing."""
+    hooks = [("X-Stub-Header", f"{k}: {v}") for k, v in SERVICE_HEADERS]
+    auth = ("Authorization", TOKEN_A)
+    async with stack.proxy.session.get(stack.proxy.base + PATIENT, headers=[*hooks, auth]) as r:
+        assert r.headers["X-Cache"] == "MISS"
+    request = f"GET {PATIENT} HTTP/1.1\r\nHost: identity\r\nAuthorization: {TOKEN_A}\r\n"
+    plain = await _raw_get(stack.proxy.base, request + "\r\n")
+    closing = await _raw_get(stack.proxy.base, request + "Connection: close\r\n\r\n")
+    old = await _raw_get(stack.proxy.base, f"GET {PATIENT} HTTP/1.0\r\nHost: identity\r\n"
+                         f"Authorization: {TOKEN_A}\r\n\r\n")
+    for _status, headers, body in (plain, closing, old):
+        assert dict(headers)["x-cache"] == "HIT" and body == plain[2]
+    assert plain[0] == closing[0] == b"HTTP/1.1 200 OK" and old[0] == b"HTTP/1.0 200 OK"
+
+    def same(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return sorted((k, v) for k, v in headers if k not in PER_ANSWER | {"connection"})
+
+    assert same(plain[1]) == same(closing[1]) == same(old[1])
+    assert [v for k, v in plain[1] if k == "x-dup"] == ["first", "second"]
+    assert ("connection", "close") in closing[1] and "connection" not in dict(plain[1])
