@@ -25,6 +25,7 @@ from sidecar.logs import RateLimitedWarning
 from sidecar.lookup import lookup
 from sidecar.matching import Match
 from sidecar.policy import response_not_storable_reason
+from sidecar.revalidation import conditional_headers, refreshed_headers
 from sidecar.runtime import Runtime
 from sidecar.upstream import read_capped
 from sidecar.upstream_framing import overflowed
@@ -45,6 +46,7 @@ class Fetched:
     oversized: bool = False
     replica: bool = False  # filled by another replica while this one waited
     handover: Handover | None = None  # oversized: the rest of the body, for the leader
+    revalidated: bool = False  # a 304 confirmed the stale entry; its body is the stored one
 
 
 def _from_replica(entry: Entry) -> Fetched:
@@ -63,12 +65,13 @@ def strong_etag(body: bytes) -> str:
 
 async def fetch(
     rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
-    *, relay: bool = False,
+    *, relay: bool = False, stale: Entry | None = None,
 ) -> Fetched:
     """GET the upstream (HEAD misses too, so the answer can be stored) and store it.
 
     Across replicas, only the lease holder goes upstream; the others wait to be woken
-    and read what it stored, or fetch for themselves when the lease runs out.
+    and read what it stored, or fetch for themselves when the lease runs out. With a
+    `stale` entry that has validators, the GET is conditional (see revalidation.py).
     """
     assert rt.invalidator is not None and rt.cache is not None
     prefix = match.rule.key_prefix
@@ -83,7 +86,8 @@ async def fetch(
             prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
     lease = claim.lease
     try:
-        fetched = await _fetch_upstream(rt, match, field, raw_target, headers, relay, lease)
+        fetched = await _fetch_upstream(rt, match, field, raw_target, headers, relay, lease,
+                                        stale)
     finally:
         if lease is not None:  # not released with the store (nothing stored, or it failed)
             await rt.coordinator.release(lease, match.key, field, prefix)
@@ -95,7 +99,25 @@ async def fetch(
 
 async def _fetch_upstream(
     rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
-    relay: bool, lease: Lease | None = None,
+    relay: bool, lease: Lease | None = None, stale: Entry | None = None,
+) -> Fetched:
+    assert rt.invalidator is not None and rt.cache is not None
+    validators = conditional_headers(stale) if stale is not None else []
+    if validators:
+        headers = headers.copy()
+        headers.extend(validators)
+    try:
+        return await _fill(rt, match, field, raw_target, headers, relay, lease,
+                           stale if validators else None)
+    except Exception:  # an upstream failure (a cancellation is not one)
+        if validators:
+            rt.metrics.revalidations.labels(match.rule.key_prefix, "error").inc()
+        raise
+
+
+async def _fill(
+    rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
+    relay: bool, lease: Lease | None, stale: Entry | None,
 ) -> Fetched:
     assert rt.invalidator is not None and rt.cache is not None
     cap = rt.settings.max_body_bytes
@@ -115,11 +137,35 @@ async def _fetch_upstream(
                         up.release()
         except TimeoutError:
             raise UpstreamTimeout("upstream fill exceeded UPSTREAM_FILL_TIMEOUT_S") from None
+        prefix = match.rule.key_prefix
         if isinstance(read, Fetched):
+            if stale is not None:
+                rt.metrics.revalidations.labels(prefix, _result(read.status)).inc()
             return read
         assert read is not None
-        status, reason, raw_headers, out_headers, body = read
-        prefix = match.rule.key_prefix
+        status, reason, received, out_headers, body = read
+        raw_headers: CIMultiDict[str] | CIMultiDictProxy[str] = received
+        age = _age(raw_headers.get("Age"))
+        revalidated = False
+        if stale is not None:
+            rt.metrics.revalidations.labels(prefix, _result(status)).inc()
+            if status == 304:
+                merged = refreshed_headers(stale, raw_headers)
+                if merged is None:  # about another representation: fetch it whole
+                    return await _fill(rt, match, field, raw_target,
+                                       _unconditional(headers), relay, lease, None)
+                # The 304's own headers are judged too: `Connection: Set-Cookie` hides one.
+                not_stored = response_not_storable_reason(200, raw_headers)
+                status, reason, body = stale.status, "OK", stale.body
+                raw_headers, out_headers = merged, client_headers(merged)
+                revalidated = True
+                if not_stored is not None:
+                    # The origin no longer lets it be stored: the stored copy goes too.
+                    if rt.near is not None:
+                        rt.near.evict_field(match.key, field)
+                    await rt.cache.drop_field(match.key, field, prefix)
+                    return Fetched(status, reason, out_headers, body, None, not_stored,
+                                   revalidated=True)
         if status in (401, 403):
             # The caller's credentials no longer open this entity: drop their stale copy,
             # here and in every replica's near tier.
@@ -136,7 +182,6 @@ async def _fetch_upstream(
         if "Date" not in out_headers:
             # RFC 9110 §6.6.1: a cache records when a Date-less response was received.
             out_headers["Date"] = formatdate(rt.clock(), usegmt=True)
-        age = _age(raw_headers.get("Age"))
         if age >= match.rule.ttl:
             return Fetched(status, reason, out_headers, body, None, "too-old")
         entry = Entry(
@@ -168,12 +213,26 @@ async def _fetch_upstream(
             rt.invalidator.stored(match.key)
             if rt.near is not None:
                 rt.near.put(match.key, field, entry, keep, epoch)
-        return Fetched(status, reason, out_headers, body, entry, None if stored else "cache-error")
+        return Fetched(status, reason, out_headers, body, entry, None if stored else "cache-error",
+                       revalidated=revalidated)
     finally:
         rt.invalidator.end(match.key, ticket)
 
 
 _Read = tuple[int, str | None, CIMultiDictProxy[str], CIMultiDict[str], bytes]
+
+
+def _result(status: int) -> str:
+    """The revalidations metric's bounded result label."""
+    return "304" if status == 304 else "200" if status == 200 else "error" if status >= 500 \
+        else "other"
+
+
+def _unconditional(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    out = headers.copy()
+    out.popall("If-None-Match", None)
+    out.popall("If-Modified-Since", None)
+    return out
 
 
 async def _read(

@@ -71,6 +71,10 @@ class Metrics:
             ["key_prefix", "reason"], registry=r)
         self.stale = Counter("cache_stale_served", "Stale entries served, by reason.",
                              ["key_prefix", "reason"], registry=r)
+        self.revalidations = Counter(
+            "cache_revalidations", "Conditional GETs for stale entries with a validator, by "
+            "result (304: refreshed without the body; 200: replaced; other; error).",
+            ["key_prefix", "result"], registry=r)
         self.coalesced = Counter(
             "cache_coalesced", "Requests that waited for another's upstream fetch.",
             ["key_prefix", "scope"], registry=r)

@@ -151,7 +151,7 @@ async def _cached(
             upstream_headers = forwarded_headers(request, strip_conditionals=True)
             rt.flights.background(
                 (match.key, field),
-                lambda: fetch(rt, match, field, request.raw_path, upstream_headers))
+                lambda: fetch(rt, match, field, request.raw_path, upstream_headers, stale=entry))
             rt.metrics.hit(prefix)
             rt.metrics.stale.labels(prefix, "revalidating").inc()
             outcome.cache = STALE
@@ -186,7 +186,7 @@ async def _miss(
     target = request.raw_path
     future, leader = rt.flights.join(
         (match.key, field),
-        lambda: fetch(rt, match, field, target, upstream_headers, relay=True))
+        lambda: fetch(rt, match, field, target, upstream_headers, relay=True, stale=stale))
     head = request.method == "HEAD"
     try:
         result = await future
@@ -226,7 +226,9 @@ async def _miss(
                       not_modified=_conditional(request, result.entry))
     if result.not_stored is not None and result.status == 200:
         rt.metrics.not_stored.labels(prefix, result.not_stored).inc()
-    params = ["fwd=request" if refresh else "fwd=miss", f"fwd-status={result.status}"]
+    # RFC 9211 §2.2: a stale entry the origin confirmed is `fwd=stale` with its 304.
+    params = (["fwd=stale", "fwd-status=304"] if result.revalidated else
+              ["fwd=request" if refresh else "fwd=miss", f"fwd-status={result.status}"])
     params.append("stored" if result.not_stored is None else f"detail={result.not_stored}")
     return _fresh_response(request, result, cache_status(*params), head)
 
