@@ -204,6 +204,11 @@ class WorkerPool:
 
     # --- the admin port's probes and metrics -----------------------------------------------
 
+    def processes(self) -> list[tuple[str, int]]:
+        """(worker label, pid) of this process and every running worker, for `process_*`."""
+        live = [(str(slot.index), slot.pid) for slot in self.slots if slot.pid is not None]
+        return [("supervisor", os.getpid()), *live]
+
     async def readyz(self, request: web.Request) -> web.Response:
         if self.draining:
             return web.json_response({"status": "draining"}, status=503)
@@ -222,7 +227,7 @@ class WorkerPool:
             status=503 if looping else 200)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(workers_registry(self.metrics_dir))
+        body = generate_latest(workers_registry(self.metrics_dir, self.processes))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
