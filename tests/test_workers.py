@@ -275,4 +275,4 @@ async def test_a_purge_is_counted_once_and_erased_in_every_worker(
         finally:
             await asyncio.gather(*(s.close() for s in sessions))
         lines = sidecar.log_lines()
-    assert sum(1 for line in lines if "cache_purge" in str(line.get("msg"))) == 1
+    assert sum(1 for line in lines if line.get("event") == "cache_purge") == 1
