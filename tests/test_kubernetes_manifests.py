@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 CACHE_OFF = K8S / "overlays" / "cache-off"
-KUSTOMIZATIONS = {"base": BASE, "cache-off": CACHE_OFF}
+SERVICE_MONITOR = K8S / "overlays" / "servicemonitor"
+KUSTOMIZATIONS = {"base": BASE, "cache-off": CACHE_OFF, "servicemonitor": SERVICE_MONITOR}
 SIDECAR = "cache-sidecar"
 APP = "identity"
 APP_PORT = 8000
@@ -280,6 +281,7 @@ def test_renderer_matches_kustomize(name: str) -> None:
 
 
 def _validatable() -> list[tuple[str, str, Obj]]:
+    # Every object but the CRD-defined ServiceMonitor (checked by hand below).
     cases = [(name, f"{o['kind']}/{o['metadata']['name']}", o)
              for name in sorted(KUSTOMIZATIONS) for o in rendered(name)
              if o["kind"] != "ServiceMonitor"]
@@ -297,7 +299,8 @@ def test_every_manifest_validates_against_the_kubernetes_schema(version: str) ->
             where = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{source} {label} against {version}: {where}: {exc.message}")
         checked.add(obj["kind"])
-    assert checked == {"Deployment", "Service", "ConfigMap", "Secret"}
+    assert checked == {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
+                       "NetworkPolicy"}
 
 
 def test_schema_validation_catches_a_mistake() -> None:
@@ -307,16 +310,22 @@ def test_schema_validation_catches_a_mistake() -> None:
         kubernetes_validate.validate(deployment, SCHEMA_VERSIONS[0], strict=True)
 
 
-def test_servicemonitor_selects_the_service_and_its_metrics_port() -> None:
-    objects = rendered("base")
+def test_servicemonitor_selects_only_the_metrics_service_and_its_admin_port() -> None:
+    objects = rendered("servicemonitor")
     monitor = the(objects, "ServiceMonitor")
-    service = the(objects, "Service")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
     assert set(monitor["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
     selector = monitor["spec"]["selector"]
     assert set(selector) == {"matchLabels"}
-    assert selector["matchLabels"].items() <= service["metadata"]["labels"].items()
+    services = [o for o in objects if o["kind"] == "Service"
+                if selector["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in services] == ["identity-metrics"], \
+        "the ServiceMonitor must not select the clients' Service"
+    (service,) = services
+    assert service["spec"]["clusterIP"] == "None", "headless: per-pod endpoints, no VIP"
+    template_labels = the(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= template_labels.items()
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     sidecar = container(objects, SIDECAR)
     admin = Settings.from_env(_settings_env(sidecar)).admin_port
@@ -328,6 +337,39 @@ def test_servicemonitor_selects_the_service_and_its_metrics_port() -> None:
         target = ports[endpoint["port"]]["targetPort"]
         assert port_number(sidecar, target) == admin, "metrics come from the admin port"
         assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
+
+
+def _scrape_annotations(objects: list[Obj]) -> dict[str, str]:
+    annotations = the(objects, "Deployment")["spec"]["template"]["metadata"].get(
+        "annotations") or {}
+    return {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_scraped_one_way_only_never_both(name: str) -> None:
+    objects = rendered(name)
+    monitors = [o for o in objects if o["kind"] in {"ServiceMonitor", "PodMonitor"}]
+    annotated = _scrape_annotations(objects).get("prometheus.io/scrape") == "true"
+    assert annotated != bool(monitors), f"{name}: annotations xor a ServiceMonitor"
+    assert not _scrape_annotations(objects) or annotated, "no half-removed annotations"
+
+
+def test_servicemonitor_overlay_only_swaps_the_scrape_mechanism() -> None:
+    base = by_identity(rendered("base"))
+    overlay = by_identity(rendered("servicemonitor"))
+    added = {key[1:] for key in overlay.keys() - base.keys()}
+    assert added == {("Service", "identity-metrics"),
+                     ("ServiceMonitor", "identity-cache-sidecar")}
+    assert base.keys() <= overlay.keys()
+    differences = set()
+    for key in base:
+        before, after = flat(base[key]), flat(overlay[key])
+        differences |= {(key[1], path) for path in before.keys() | after.keys()
+                        if before.get(path) != after.get(path)}
+    annotations = "/spec/template/metadata/annotations"
+    assert differences == {("Deployment", f"{annotations}/prometheus.io/{name}")
+                           for name in ("scrape", "port", "path")} | {
+        ("Deployment", annotations)}
 
 
 def _seconds(duration: str) -> int:
@@ -481,7 +523,10 @@ def test_service_targets_the_sidecar_not_the_app() -> None:
     assert isinstance(http["targetPort"], str), "target the sidecar's port by name"
     settings = Settings.from_env(_settings_env(sidecar))
     assert port_number(sidecar, http["targetPort"]) == settings.port == 8080
-    assert len(ports) == 2, "the proxy port and a separate metrics port"
+    assert len(ports) == 1, "the proxy port only: the admin port (purge) is not for clients"
+    admin = port_number(sidecar, "admin")
+    for port in ports.values():
+        assert port_number(sidecar, port["targetPort"]) != admin and port["port"] != admin
     app_ports = {p["name"] for p in app["ports"]} | {p["containerPort"] for p in app["ports"]}
     for port in ports.values():
         assert port["targetPort"] not in app_ports, "nothing may bypass the sidecar"
@@ -524,7 +569,7 @@ def test_resources_have_requests_and_limits() -> None:
 
 def test_prometheus_scrape_annotations_point_at_the_admin_port() -> None:
     objects = rendered("base")
-    annotations = the(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = _scrape_annotations(objects)
     sidecar = container(objects, SIDECAR)
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == port_number(sidecar, "admin")
@@ -545,3 +590,81 @@ def test_cache_off_overlay_only_disables_the_cache() -> None:
     assert differences == {("Deployment", env_path): ("true", "false")}
     sidecar = container(rendered("cache-off"), SIDECAR)
     assert Settings.from_env(_settings_env(sidecar)).cache_enabled is False
+
+
+# --- disruption budget and network policy ---------------------------------------------------
+
+
+def test_disruption_budget_keeps_one_pod_and_never_blocks_a_drain() -> None:
+    for name in KUSTOMIZATIONS:
+        objects = rendered(name)
+        budget = the(objects, "PodDisruptionBudget")
+        deployment = the(objects, "Deployment")
+        template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+        replicas = deployment["spec"]["replicas"]
+        spec = budget["spec"]
+        assert set(spec) & {"maxUnavailable", "minAvailable"} == {"maxUnavailable"}
+        assert 1 <= spec["maxUnavailable"] < replicas, "one always serves, a drain proceeds"
+
+
+def _selects(selector: Obj | None, labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels only: the test fails on anything else)."""
+    if selector is None:
+        return True
+    assert set(selector) <= {"matchLabels"}, f"unsupported selector {selector}"
+    return bool(selector.get("matchLabels", {}).items() <= labels.items())
+
+
+def _admits(policy: Obj, port: int, namespace: str, pod: dict[str, str],
+            own_namespace: str, c: Obj) -> bool:
+    """Whether an Ingress policy admits a connection to `port` from that pod."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(port_number(c, p["port"]) == port for p in ports):
+            continue
+        peers = rule.get("from")
+        if peers is None:
+            return True
+        for peer in peers:
+            assert set(peer) <= {"namespaceSelector", "podSelector"}, f"peer {peer}"
+            if "namespaceSelector" in peer:
+                ns_ok = _selects(peer["namespaceSelector"],
+                                 {"kubernetes.io/metadata.name": namespace})
+            else:
+                ns_ok = namespace == own_namespace
+            if ns_ok and _selects(peer.get("podSelector"), pod):
+                return True
+    return False
+
+
+@pytest.mark.parametrize(("namespace", "pod", "proxy", "admin"), [
+    ("monitoring", {"app.kubernetes.io/name": "prometheus"}, True, True),
+    ("monitoring", {"app.kubernetes.io/name": "grafana"}, True, False),
+    ("identity-operators", {"app": "toolbox"}, True, True),
+    ("identity", {"app.kubernetes.io/name": "identity"}, True, False),
+    ("default", {"app.kubernetes.io/name": "prometheus"}, True, False),
+])
+def test_admin_port_only_from_prometheus_and_the_operators(
+    namespace: str, pod: dict[str, str], proxy: bool, admin: bool,
+) -> None:
+    objects = rendered("base")
+    policy = the(objects, "NetworkPolicy")
+    template_labels = the(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert _selects(policy["spec"]["podSelector"], template_labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sidecar = container(objects, SIDECAR)
+    settings = Settings.from_env(_settings_env(sidecar))
+    here = "identity"
+    assert _admits(policy, settings.port, namespace, pod, here, sidecar) is proxy
+    assert _admits(policy, settings.admin_port, namespace, pod, here, sidecar) is admin
+    assert not _admits(policy, APP_PORT, namespace, pod, here, sidecar), \
+        "the app's port: only the sidecar, over loopback"
+
+
+def test_policy_evaluation_catches_an_open_admin_port() -> None:
+    objects = rendered("base")
+    policy = the(objects, "NetworkPolicy")
+    policy["spec"]["ingress"][1].pop("from")
+    sidecar = container(objects, SIDECAR)
+    assert _admits(policy, 9090, "default", {}, "identity", sidecar)
