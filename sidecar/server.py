@@ -23,7 +23,7 @@ from aiohttp import web
 
 from sidecar import startup_check
 from sidecar.app import build_apps
-from sidecar.listener import BoundedRunner
+from sidecar.listener import ADMIN_DRAIN_S, BoundedRunner
 from sidecar.reload import Reloader
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME
@@ -43,7 +43,7 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
               "header_timeout": settings.header_timeout}
     proxy_runner = BoundedRunner(proxy, listener="proxy",
                                  shutdown_timeout=settings.shutdown_timeout, **limits)
-    admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=1.0, **limits)
+    admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=ADMIN_DRAIN_S, **limits)
     await proxy_runner.setup()
     await admin_runner.setup()
     try:

@@ -29,6 +29,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sidecar.listener import ADMIN_DRAIN_S, CANCEL_GRACE_S
+from sidecar.pool import STOP_GRACE_S
 from sidecar.rules import load_rules
 from sidecar.settings import Settings
 
@@ -42,7 +44,8 @@ SIDECAR = "cache-sidecar"
 APP = "identity"
 APP_PORT = 8000
 SECRET_ENV = ("REDIS_URL", "CACHE_KEY_SECRET", "CACHE_ENCRYPTION_KEY", "SIDECAR_ADMIN_TOKEN")
-MARGIN_S = 5  # signal delivery and process exit, on top of the sleeps and drains
+MARGIN_S = 5  # what the sidecar does past its drain budget, signal delivery, process exit
+EXIT_S = 1.0  # closing Redis and upstream connections, interpreter exit
 SCHEMA_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 
 Obj = dict[str, Any]
@@ -490,13 +493,23 @@ def test_probes_use_the_admin_port() -> None:
     assert "readinessProbe" in app, "the pod is ready only when the app is"
 
 
+def sidecar_exit_s(settings: Settings) -> float:
+    """The longest the sidecar takes from SIGTERM to exit, by the code's own constants."""
+    if settings.workers > 1:  # the supervisor kills a worker still running at this point
+        proxy = settings.shutdown_timeout + STOP_GRACE_S
+    else:
+        proxy = settings.shutdown_timeout + CANCEL_GRACE_S
+    return proxy + ADMIN_DRAIN_S + CANCEL_GRACE_S + EXIT_S
+
+
 def test_grace_period_covers_both_sleeps_and_drains() -> None:
     """Native sidecar order: app preStop, app drain, then sidecar preStop, sidecar drain."""
     for name in KUSTOMIZATIONS:
         objects = rendered(name)
         sidecar = container(objects, SIDECAR)
         app = container(objects, APP)
-        shutdown = Settings.from_env(_settings_env(sidecar)).shutdown_timeout
+        settings = Settings.from_env(_settings_env(sidecar))
+        shutdown = settings.shutdown_timeout
         assert literal_env(sidecar).get("SIDECAR_SHUTDOWN_TIMEOUT_S"), "set it explicitly"
         sidecar_sleep = sleep_seconds(sidecar)
         app_sleep = sleep_seconds(app)
@@ -508,6 +521,19 @@ def test_grace_period_covers_both_sleeps_and_drains() -> None:
             f"terminationGracePeriodSeconds {grace} < app preStop {app_sleep} + app drain "
             f"{shutdown} + sidecar preStop {sidecar_sleep} + sidecar drain {shutdown} + "
             f"margin {MARGIN_S}")
+        assert shutdown + MARGIN_S >= sidecar_exit_s(settings), \
+            "the margin covers what the sidecar does after its budget"
+        assert grace >= app_sleep + shutdown + sidecar_sleep + sidecar_exit_s(settings)
+
+
+def test_the_margin_is_too_small_for_several_workers() -> None:
+    """With SIDECAR_WORKERS > 1 the supervisor waits STOP_GRACE_S past the budget before it
+    kills a stuck worker: the documented reason to raise the grace period for workers."""
+    sidecar = container(rendered("base"), SIDECAR)
+    one = Settings.from_env(_settings_env(sidecar))
+    two = Settings.from_env({**_settings_env(sidecar), "SIDECAR_WORKERS": "2"})
+    assert one.shutdown_timeout + MARGIN_S >= sidecar_exit_s(one)
+    assert two.shutdown_timeout + MARGIN_S < sidecar_exit_s(two)
 
 
 def test_service_targets_the_sidecar_not_the_app() -> None:
@@ -668,3 +694,43 @@ def test_policy_evaluation_catches_an_open_admin_port() -> None:
     policy["spec"]["ingress"][1].pop("from")
     sidecar = container(objects, SIDECAR)
     assert _admits(policy, 9090, "default", {}, "identity", sidecar)
+
+
+# --- the docs' kubectl commands -------------------------------------------------------------
+
+
+def _kubectl_logs_commands() -> list[str]:
+    """Every `kubectl logs ...` command quoted in the README and docs (line breaks joined)."""
+    commands = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"\s*\n\s*", " ", doc.read_text())
+        commands += re.findall(r"`(kubectl logs [^`|]*)", text)
+    return commands
+
+
+def test_documented_kubectl_logs_commands_name_a_real_target() -> None:
+    commands = _kubectl_logs_commands()
+    assert len(commands) >= 3
+    objects = rendered("base")
+    deployment = the(objects, "Deployment")
+    containers = {c["name"] for c in pod_spec(objects)["initContainers"] +
+                  pod_spec(objects)["containers"]}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for command in commands:
+        words = command.split()[2:]
+        options = {w.split("=")[0]: w for w in words if w.startswith("-")}
+        values = dict(zip(words, [*words[1:], ""], strict=True))
+        positional = [w for n, w in enumerate(words) if not w.startswith("-")
+                      and (n == 0 or words[n - 1] not in {"-c", "-n", "-l"})]
+        assert positional or "-l" in options, f"{command}: no POD, TYPE/NAME or -l"
+        if "-c" in values:
+            assert values["-c"] in containers, f"{command}: no container {values['-c']}"
+        for target in positional:
+            if "/" in target:
+                assert target == f"deploy/{deployment['metadata']['name']}", command
+            else:
+                assert target == "<pod>", f"{command}: {target}"
+        if "-l" in values:
+            key, _, value = values["-l"].partition("=")
+            assert labels.get(key) == value, f"{command}: selects no pod"
+            assert "--tail" in options, f"{command}: -l shows 10 lines a pod without --tail"
