@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 
@@ -67,16 +65,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _caller(request: web.Request, rt: Runtime) -> str | None:
-    """Who is purging, or None when the caller may not."""
+def _caller(request: web.Request, rt: Runtime) -> tuple[str | None, str]:
+    """(who is purging, or None when the caller may not; why not)."""
     token = rt.settings.admin_token
     if token is None:
-        return "loopback" if _is_loopback(rt.settings.admin_host) else None
-    supplied = request.headers.get("Authorization", "")
+        if _is_loopback(rt.settings.admin_host):
+            return "loopback", ""
+        return None, "no-token-configured"
+    supplied = request.headers.get("Authorization")
+    if supplied is None:
+        return None, "no-token"
     if hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"),
                            f"Bearer {token}".encode()):
-        return "admin-token"
-    return None
+        return "admin-token", ""
+    return None, "bad-token"
 
 
 def _fingerprint(rt: Runtime, key: str) -> str:
@@ -84,13 +86,40 @@ def _fingerprint(rt: Runtime, key: str) -> str:
     return rt.hasher.keyed(key)
 
 
+def _shown(rt: Runtime, scope: str, target: str) -> str:
+    """The target as the audit names it; "-" for anything that is not a known key/prefix
+    (a refused target may be any text, an id or a glob: never logged as sent)."""
+    prefix = target.rsplit(":", 1)[0] if scope == "key" else target
+    if prefix not in rt.rules.prefixes or (scope == "key" and not SAFE_KEY.fullmatch(target)):
+        return "-"
+    return f"{prefix}:#{_fingerprint(rt, target)}" if scope == "key" else target
+
+
 def _audit(request: web.Request, who: str, scope: str, target: str, result: str,
-           removed: int | None) -> None:
-    audit.info(json.dumps({
+           removed: int | None, reason: str | None = None) -> None:
+    """One JSON object per purge attempt, refused ones included (the audit sink)."""
+    fields: dict[str, object] = {
         "event": "cache_purge", "who": who, "peer": request.remote, "scope": scope,
-        "target": target, "result": result, "removed": removed,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }))
+        "target": target, "result": result, "removed": removed}
+    if reason:
+        fields["reason"] = reason
+    audit.log(logging.WARNING if reason else logging.INFO, "cache purge", extra=fields)
+
+
+def _refused(request: web.Request, rt: Runtime, scope: str, target: str, who: str,
+             reason: str, code: int, **body: str) -> web.Response:
+    result = "denied" if code in (401, 403) else "bad-request"
+    rt.metrics.purges.labels(scope, result).inc()
+    _audit(request, who, scope, _shown(rt, scope, target), result, None, reason)
+    return _json(code, **body)
+
+
+def _denial(rt: Runtime) -> str:
+    if rt.settings.admin_token is not None:
+        return "purge needs the SIDECAR_ADMIN_TOKEN value as a bearer token " \
+               "(Authorization: Bearer <token>)"
+    return "purge needs SIDECAR_ADMIN_TOKEN set (then sent as a bearer token), or the " \
+           "admin port bound to loopback (SIDECAR_ADMIN_HOST=127.0.0.1)"
 
 
 async def purge_key(request: web.Request) -> web.Response:
@@ -105,33 +134,34 @@ async def purge_prefix(request: web.Request) -> web.Response:
     return await _purge(request, rt, "prefix", prefix)
 
 
-async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> web.Response:
-    who = _caller(request, rt)
-    if who is None:
-        rt.metrics.purges.labels(scope, "denied").inc()
-        _audit(request, "unauthenticated", scope, "-", "denied", None)
-        code = 403 if rt.settings.admin_token is None else 401
-        return _json(code, error="forbidden",
-                     message="purge needs SIDECAR_ADMIN_TOKEN as a bearer token "
-                             "(or an admin port bound to loopback)")
-    service = rt.rules.service
+def _check(request: web.Request, rt: Runtime, scope: str, target: str,
+           who: str) -> web.Response | None:
+    """The refusal for a malformed purge, or None when it may go ahead."""
+    prefixes = list(rt.rules.prefixes)
     if scope == "key":
-        if not (SAFE_KEY.fullmatch(target) and target.rsplit(":", 1)[0] in rt.rules.prefixes):
-            rt.metrics.purges.labels(scope, "bad-request").inc()
-            return _json(400, error="bad_key",
-                         message=f"an exact key like {service}:patient:42 under one of "
-                                 f"{list(rt.rules.prefixes)} (no globs)")
-        shown = f"{target.rsplit(':', 1)[0]}:#{_fingerprint(rt, target)}"
-    else:
-        if request.query.get("confirm") != "yes":
-            rt.metrics.purges.labels(scope, "bad-request").inc()
-            return _json(400, error="confirmation_required",
-                         message="bulk purge needs confirm=yes")
-        if target not in rt.rules.prefixes:
-            rt.metrics.purges.labels(scope, "bad-request").inc()
-            return _json(400, error="bad_prefix",
-                         message=f"prefix must be one of {list(rt.rules.prefixes)}")
-        shown = target
+        if _shown(rt, scope, target) == "-":
+            return _refused(request, rt, scope, target, who, "bad-key", 400, error="bad_key",
+                            message=f"an exact key like {rt.rules.service}:patient:42 under "
+                                    f"one of {prefixes} (no globs)")
+    elif request.query.get("confirm") != "yes":
+        return _refused(request, rt, scope, target, who, "unconfirmed", 400,
+                        error="confirmation_required", message="bulk purge needs confirm=yes")
+    elif target not in rt.rules.prefixes:
+        return _refused(request, rt, scope, target, who, "bad-prefix", 400,
+                        error="bad_prefix", message=f"prefix must be one of {prefixes}")
+    return None
+
+
+async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> web.Response:
+    who, why = _caller(request, rt)
+    if who is None:
+        code = 403 if rt.settings.admin_token is None else 401
+        return _refused(request, rt, scope, target, "unauthenticated", why, code,
+                        error="forbidden", message=_denial(rt))
+    refusal = _check(request, rt, scope, target, who)
+    if refusal is not None:
+        return refusal
+    shown = _shown(rt, scope, target)
     try:
         async with asyncio.timeout(PURGE_TIMEOUT):
             removed = await request.app[ERASE](scope, target)

@@ -13,13 +13,13 @@ import logging
 import os
 import signal
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from sidecar.errors import ConfigError
 from sidecar.logs import configure_logging
 from sidecar.rules import RuleSet, load_rules
 from sidecar.settings import DEFAULT_CONFIG, ENV_VARS, LOG_LEVELS, OTHER_ENV_VARS, Settings
+from sidecar.version import version
 
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
 EXIT_STARTUP = 1
@@ -29,13 +29,6 @@ log = logging.getLogger("sidecar")
 def config_path(cli_value: str | None) -> Path:
     """--config, else SIDECAR_CONFIG, else the rules shipped inside the package."""
     return Path(cli_value or os.environ.get("SIDECAR_CONFIG") or DEFAULT_CONFIG)
-
-
-def version() -> str:
-    try:
-        return metadata.version("identity-cache-sidecar")
-    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
-        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:

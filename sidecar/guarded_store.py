@@ -46,6 +46,8 @@ class GuardedStore:
         self._warn = RateLimitedWarning(log, warn_interval)
         self._in_process = getattr(store, "in_process", False)
         self._gauge = -1
+        self._up = metrics.backend_up.labels(store.name)
+        self._up.set(1)  # the breaker starts closed
         self._timed_reads = getattr(store, "self_timed_reads", False)
 
     async def call(
@@ -90,6 +92,7 @@ class GuardedStore:
         if value != self._gauge:  # set on change only: a Gauge.set takes a lock
             self._gauge = value
             self.metrics.breaker_open.set(value)
+            self._up.set(1 - value)
 
     async def get(self, key: str, field: str, prefix: str) -> bytes | None:
         return await self.call("get", prefix, lambda: self.store.get(key, field), None,

@@ -24,6 +24,9 @@ from aiohttp import web
 
 log = logging.getLogger("sidecar")
 CANCEL_GRACE_S = 0.5
+# The admin port drains after the proxy port (its probes answer 503 meanwhile): scrapes,
+# probes and purges are short, so its own budget is this, then CANCEL_GRACE_S.
+ADMIN_DRAIN_S = 1.0
 
 
 class HeaderDeadlineHandler(web.RequestHandler):

@@ -9,7 +9,10 @@ supervisor's scrape (`workers_registry`) merges them. Counters and histograms ar
 (a dead worker's counts stay in the sum, so totals never go backwards); the two gauges are
 `livemax`: a dead worker's value is dropped and the others keep the one-process meaning
 (`cache_breaker_open` 1 while any worker's breaker is open, `config_info{hash}` 1 for each
-rules hash some worker serves, so a half-done reload shows as two hashes).
+rules hash some worker serves, so a half-done reload shows as two hashes);
+`cache_backend_up` is `livemin` (0 while any live worker's breaker is open). `process_*` and
+`python_info` come from prometheus-client's collectors in one process; with workers the
+supervisor's scrape adds them per process (`process_metrics.py`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from sidecar.process_metrics import Processes, WorkerProcesses
+from sidecar.version import version
 
 # From 100 µs: a Redis round trip on a pod's network is well under the 5 ms default floor.
 CACHE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -104,6 +112,16 @@ class Metrics:
             self.bad_requests.labels(kind)
         self.config_info = Gauge("config_info", "The loaded rules file (hash label).",
                                  ["hash"], registry=r, multiprocess_mode="livemax")
+        self.backend_up = Gauge(
+            "cache_backend_up", "1 while the cache backend is usable (breaker closed), 0 "
+            "while the breaker is open or probing; absent with the cache off.", ["backend"],
+            registry=r, multiprocess_mode="livemin")
+        self.build_info = Gauge("sidecar_build_info", "The running sidecar's version.",
+                                ["version"], registry=r, multiprocess_mode="livemax")
+        self.build_info.labels(version()).set(1)
+        if not multiprocess():  # with workers, the supervisor's scrape adds them per process
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
 
         self._hit_children: dict[str, Any] = {}
         self._near_children: dict[str, Any] = {}
@@ -173,8 +191,11 @@ def multiprocess() -> bool:
     return "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 
-def workers_registry(path: str) -> CollectorRegistry:
-    """One scrape's registry: every process's files in `path`, merged (built per scrape)."""
+def workers_registry(path: str, processes: Processes = tuple) -> CollectorRegistry:
+    """One scrape's registry: every process's files in `path`, merged (built per scrape),
+    and the `process_*` series of each of `processes`."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    registry.register(WorkerProcesses(processes))
+    PlatformCollector(registry=registry)
     return registry

@@ -39,7 +39,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from sidecar.admin import admin_app
 from sidecar.app import build_runtime
 from sidecar.errors import ConfigError
-from sidecar.listener import BoundedRunner
+from sidecar.listener import ADMIN_DRAIN_S, BoundedRunner
 from sidecar.metrics import workers_registry
 from sidecar.rules import RuleSet, load_rules
 from sidecar.runtime import Runtime
@@ -204,6 +204,11 @@ class WorkerPool:
 
     # --- the admin port's probes and metrics -----------------------------------------------
 
+    def processes(self) -> list[tuple[str, int]]:
+        """(worker label, pid) of this process and every running worker, for `process_*`."""
+        live = [(str(slot.index), slot.pid) for slot in self.slots if slot.pid is not None]
+        return [("supervisor", os.getpid()), *live]
+
     async def readyz(self, request: web.Request) -> web.Response:
         if self.draining:
             return web.json_response({"status": "draining"}, status=503)
@@ -222,7 +227,7 @@ class WorkerPool:
             status=503 if looping else 200)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(workers_registry(self.metrics_dir))
+        body = generate_latest(workers_registry(self.metrics_dir, self.processes))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -250,7 +255,7 @@ async def run(settings: Settings, rules: RuleSet, rules_path: Path, root: Path,
     admin = admin_app(rt, pool.erase, {"/metrics": pool.metrics, "/healthz": pool.healthz,
                                        "/readyz": pool.readyz})
     admin.middlewares.append(_current_rules(rt, rules_path))
-    runner = BoundedRunner(admin, listener="admin", shutdown_timeout=1.0,
+    runner = BoundedRunner(admin, listener="admin", shutdown_timeout=ADMIN_DRAIN_S,
                            keepalive_timeout=settings.keepalive_timeout,
                            header_timeout=settings.header_timeout)
     await runner.setup()

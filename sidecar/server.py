@@ -3,8 +3,10 @@
 Shutdown order matters on Kubernetes: readiness goes red first, then the listener closes,
 in-flight requests (cached or streaming) get `SIDECAR_SHUTDOWN_TIMEOUT_S` to finish (once:
 those still running are then cut and counted, see `listener.py`), background refreshes are
-cancelled, and only then Redis and upstream connections close. Both listeners close idle
-connections and slow header senders (`SIDECAR_KEEPALIVE_TIMEOUT_S`, `SIDECAR_HEADER_TIMEOUT_S`).
+cancelled, and only then Redis and upstream connections close. Once listening, one
+background check logs whether Redis and the upstream answer (`startup_check.py`). Both
+listeners close idle connections and slow header senders (`SIDECAR_KEEPALIVE_TIMEOUT_S`,
+`SIDECAR_HEADER_TIMEOUT_S`).
 
 As one of `SIDECAR_WORKERS` > 1 (`worker` given): the proxy port is shared (`SO_REUSEPORT`)
 and the admin app listens on the supervisor's control socket instead (`worker.py`).
@@ -19,8 +21,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sidecar import startup_check
 from sidecar.app import build_apps
-from sidecar.listener import BoundedRunner
+from sidecar.listener import ADMIN_DRAIN_S, BoundedRunner
 from sidecar.reload import Reloader
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME
@@ -40,7 +43,7 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
               "header_timeout": settings.header_timeout}
     proxy_runner = BoundedRunner(proxy, listener="proxy",
                                  shutdown_timeout=settings.shutdown_timeout, **limits)
-    admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=1.0, **limits)
+    admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=ADMIN_DRAIN_S, **limits)
     await proxy_runner.setup()
     await admin_runner.setup()
     try:
@@ -56,6 +59,7 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
         await admin_runner.cleanup()
         raise
     _log_startup(settings, rules, rt.codec.encrypted, rt.hasher.shared)
+    probe = asyncio.ensure_future(startup_check.check(settings, rt.store))
 
     reloader = Reloader(rt, rules_path)
     stop = asyncio.Event()
@@ -73,7 +77,8 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
                  extra={"timeout_s": settings.shutdown_timeout})
         rt.draining = True
         poller.cancel()
-        await asyncio.gather(poller, return_exceptions=True)
+        probe.cancel()
+        await asyncio.gather(poller, probe, return_exceptions=True)
         await proxy_runner.cleanup()
         await admin_runner.cleanup()
         log.info("stopped")

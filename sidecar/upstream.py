@@ -7,6 +7,7 @@ is turned off here, and transport failures become `UpstreamTimeout`/`UpstreamUna
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,10 +19,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from yarl import URL
 
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.logs import RateLimitedWarning
 from sidecar.settings import Settings
 from sidecar.telemetry import PROPAGATOR, Telemetry
 from sidecar.upstream_framing import framed_connector
 
+log = logging.getLogger("sidecar.upstream")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 CHUNK = 64 * 1024
 
@@ -36,6 +39,14 @@ class Upstream:
         )
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._warn = RateLimitedWarning(log, settings.warn_interval)
+        self._origin = URL(self.base).origin()  # no credentials or path in a log line
+
+    def _unreachable(self, kind: str, cause: str) -> None:
+        """The access line shows only a 502: say once per interval that the service itself
+        cannot be reached (its address, never a request's path)."""
+        self._warn.warn(f"upstream-{kind}", f"upstream {self._origin} cannot be reached "
+                        f"({kind}: {cause}); answering 502")
 
     async def start(self) -> None:
         connector = framed_connector(
@@ -113,9 +124,13 @@ class Upstream:
                 raise UpstreamUnavailable(f"upstream closed the connection: {exc}") from None
             except aiohttp.ConnectionTimeoutError:
                 # Could not even connect: unreachable (502), not slow (504).
+                self._unreachable("connect-timeout", "TimeoutError")
                 raise UpstreamUnavailable("upstream connect timed out", sent=False) from None
             except aiohttp.ClientConnectorError as exc:
                 # Refused, unresolvable, TLS handshake failed: nothing was sent.
+                cause = type(exc.os_error).__name__ if exc.os_error else type(exc).__name__
+                self._unreachable("refused" if isinstance(
+                    exc.os_error, ConnectionRefusedError) else "unreachable", cause)
                 raise UpstreamUnavailable(
                     f"upstream unreachable: {type(exc).__name__}", sent=False) from None
             except (TimeoutError, aiohttp.ServerTimeoutError):

@@ -31,6 +31,11 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "identity-cache-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+DOCS = ROOT / "docs"
+# The dashboard's variables, in every selector of every query.
+FILTER = 'namespace=~"$namespace", pod=~"$pod"'
+# Alerts about a set of pods rather than one: not grouped by pod.
+NOT_PER_POD = {"SidecarConfigHashDrift": ["namespace"], "SidecarMetricsAbsent": None}
 
 SEED_HIT_RATE = ("sum(rate(cache_hits_total[5m])) / (sum(rate(cache_hits_total[5m])) + "
                  "sum(rate(cache_misses_total[5m]))) * 100")
@@ -68,8 +73,10 @@ CHARTED = {
     "cache_stale_served_total", "cache_errors_total", "cache_breaker_open",
     "cache_coalesced_total", "cache_invalidations_total", "cache_purges_total",
     "cache_decrypt_failures_total", "config_reload_total", "config_info",
+    "cache_backend_up", "sidecar_build_info", "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
 }
-ALERTED = {"CacheHitRateCollapsed", "CacheErrorRateHigh", "CacheBreakerOpen",
+ALERTED = {"CacheHitRateCollapsed", "CacheErrorRateHigh", "CacheBreakerOpen", "CacheBackendDown",
            "SidecarConfigReloadRejected", "SidecarUpstream5xxRateHigh",
            "SidecarUpstreamErrorsHigh", "CacheDecryptFailures"}
 
@@ -196,10 +203,47 @@ def expressions() -> list[tuple[str, str]]:
     return exprs
 
 
-def test_seed_queries_appear_verbatim_in_the_dashboard() -> None:
-    exprs = {t["expr"] for _, t in dashboard_targets()}
+def test_seed_queries_appear_in_the_dashboard_with_only_the_variables_added() -> None:
+    exprs = {t["expr"].replace("{" + FILTER + "}", "") for _, t in dashboard_targets()}
     assert SEED_HIT_RATE in exprs
     assert SEED_P95 in exprs
+
+
+def _selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, its matchers or "") for every selector in the expression."""
+    names = metric_names(expr)
+    s = STRING.sub(lambda m: "_" * len(m[0]), expr)  # offsets kept, strings masked
+    found = []
+    for match in IDENTIFIER.finditer(s):
+        if match.group() in names:
+            rest = expr[match.end():]
+            found.append((match.group(), rest[1:rest.index("}")] if rest.startswith("{")
+                          else ""))
+    return found
+
+
+def test_dashboard_variables_filter_every_query() -> None:
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    for name in ("namespace", "pod"):
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        query = variable["query"]["query"]
+        assert query == variable["definition"]
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", query)
+        assert match and match.group(2) == name, query
+        assert metric_names(match.group(1)) <= exposition().keys()
+    assert "$namespace" in variables["pod"]["query"]["query"], "pods of the namespace"
+    for title, target in dashboard_targets():
+        selectors = _selectors(target["expr"])
+        assert selectors, title
+        for metric, matchers in selectors:
+            assert matchers.startswith(FILTER), f"{title}: {metric} not filtered by {FILTER}"
+
+
+def test_the_filter_check_catches_an_unfiltered_selector() -> None:
+    assert _selectors('sum(rate(a_total{x="}"}[5m])) / b{' + FILTER + "}") == [
+        ("a_total", 'x="'), ("b", FILTER)]
 
 
 @pytest.mark.parametrize(("where", "expr"), expressions(), ids=lambda v: str(v)[:60])
@@ -267,11 +311,37 @@ def test_alert_rules_are_complete_and_point_to_runbooks() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         notes = rule["annotations"]
         assert notes.get("summary") and notes.get("description"), rule["alert"]
-        assert notes["runbook"] == f"docs/operations.md#alert-{rule['alert'].lower()}"
+        assert notes["runbook_url"] == f"docs/operations.md#alert-{rule['alert'].lower()}"
+        assert "runbook" not in notes, "one link, under the conventional name runbook_url"
     collapse = next(r for r in alerts if r["alert"] == "CacheHitRateCollapsed")
-    assert SEED_HIT_RATE in collapse["expr"] and collapse["for"] == "15m"
+    per_pod = SEED_HIT_RATE.replace("sum(rate", "sum by (namespace, pod) (rate")
+    assert per_pod in collapse["expr"] and collapse["for"] == "15m"
     breaker = next(r for r in alerts if r["alert"] == "CacheBreakerOpen")
     assert breaker["for"] == "2m"
+
+
+def test_alerts_are_grouped_per_namespace_and_pod() -> None:
+    for rule in alert_rules():
+        name = rule.get("alert") or rule.get("record")
+        groupings = [[x.strip() for x in inside.split(",") if x.strip()]
+                     for keyword, inside in GROUPING.findall(STRING.sub('""', rule["expr"]))
+                     if keyword == "by"]
+        aggregations = re.findall(r"\b(" + "|".join(AGGREGATIONS) + r")\s*(?:by\b|\()",
+                                  STRING.sub('""', rule["expr"]))
+        if name in NOT_PER_POD:
+            expected = NOT_PER_POD[name]
+            assert expected is None or all(expected[0] in g for g in groupings), name
+            continue
+        assert groupings and len(groupings) == len(aggregations), \
+            f"{name}: every aggregation says `by (namespace, pod, ...)`"
+        for labels in groupings:
+            assert labels[:2] == ["namespace", "pod"], f"{name}: by ({', '.join(labels)})"
+
+
+def test_backend_down_alerts_on_cache_backend_up() -> None:
+    (rule,) = [r for r in alert_rules() if r.get("alert") == "CacheBackendDown"]
+    assert metric_names(rule["expr"]) == {"cache_backend_up"}
+    assert rule["labels"]["severity"] == "critical"
 
 
 def _anchors(markdown: str) -> set[str]:
@@ -283,13 +353,29 @@ def _anchors(markdown: str) -> set[str]:
     return anchors
 
 
-def test_runbook_anchors_exist_in_the_operations_doc() -> None:
-    if not OPERATIONS_DOC.exists():
-        pytest.skip("docs/operations.md is not written yet")
-    anchors = _anchors(OPERATIONS_DOC.read_text())
-    missing = [r["annotations"]["runbook"] for r in alert_rules() if "alert" in r
-               if r["annotations"]["runbook"].split("#", 1)[1] not in anchors]
-    assert not missing, f"docs/operations.md lacks the sections {missing}"
+def _link_resolves(link: str) -> bool:
+    """An https URL, or `docs/<file>.md#<anchor>` naming a heading or anchor that exists."""
+    if re.fullmatch(r"https://[\w.-]+(?:/\S*)?", link):
+        return True
+    path, sep, anchor = link.partition("#")
+    target = ROOT / path
+    return bool(sep and anchor and target.is_file() and target.parent == DOCS
+                and anchor in _anchors(target.read_text()))
+
+
+def test_every_runbook_url_resolves_to_a_url_or_an_existing_docs_anchor() -> None:
+    links = {r["alert"]: r["annotations"].get("runbook_url") for r in alert_rules()
+             if "alert" in r}
+    assert all(links.values()), f"alerts without runbook_url: {links}"
+    broken = {name: link for name, link in links.items() if not _link_resolves(link)}
+    assert not broken, f"runbook links that do not resolve: {broken}"
+
+
+def test_the_link_check_catches_a_missing_anchor() -> None:
+    assert _link_resolves("docs/operations.md#alert-cachebreakeropen")
+    assert not _link_resolves("docs/operations.md#alert-nosuchalert")
+    assert not _link_resolves("docs/missing.md#alert-cachebreakeropen")
+    assert not _link_resolves("docs/operations.md")
 
 
 # --- promtool, where installed -----------------------------------------------------------------

@@ -29,6 +29,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sidecar.listener import ADMIN_DRAIN_S, CANCEL_GRACE_S
+from sidecar.pool import STOP_GRACE_S
 from sidecar.rules import load_rules
 from sidecar.settings import Settings
 
@@ -36,12 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 CACHE_OFF = K8S / "overlays" / "cache-off"
-KUSTOMIZATIONS = {"base": BASE, "cache-off": CACHE_OFF}
+SERVICE_MONITOR = K8S / "overlays" / "servicemonitor"
+KUSTOMIZATIONS = {"base": BASE, "cache-off": CACHE_OFF, "servicemonitor": SERVICE_MONITOR}
 SIDECAR = "cache-sidecar"
 APP = "identity"
 APP_PORT = 8000
 SECRET_ENV = ("REDIS_URL", "CACHE_KEY_SECRET", "CACHE_ENCRYPTION_KEY", "SIDECAR_ADMIN_TOKEN")
-MARGIN_S = 5  # signal delivery and process exit, on top of the sleeps and drains
+MARGIN_S = 5  # what the sidecar does past its drain budget, signal delivery, process exit
+EXIT_S = 1.0  # closing Redis and upstream connections, interpreter exit
 SCHEMA_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 
 Obj = dict[str, Any]
@@ -280,6 +284,7 @@ def test_renderer_matches_kustomize(name: str) -> None:
 
 
 def _validatable() -> list[tuple[str, str, Obj]]:
+    # Every object but the CRD-defined ServiceMonitor (checked by hand below).
     cases = [(name, f"{o['kind']}/{o['metadata']['name']}", o)
              for name in sorted(KUSTOMIZATIONS) for o in rendered(name)
              if o["kind"] != "ServiceMonitor"]
@@ -297,7 +302,8 @@ def test_every_manifest_validates_against_the_kubernetes_schema(version: str) ->
             where = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{source} {label} against {version}: {where}: {exc.message}")
         checked.add(obj["kind"])
-    assert checked == {"Deployment", "Service", "ConfigMap", "Secret"}
+    assert checked == {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
+                       "NetworkPolicy"}
 
 
 def test_schema_validation_catches_a_mistake() -> None:
@@ -307,16 +313,22 @@ def test_schema_validation_catches_a_mistake() -> None:
         kubernetes_validate.validate(deployment, SCHEMA_VERSIONS[0], strict=True)
 
 
-def test_servicemonitor_selects_the_service_and_its_metrics_port() -> None:
-    objects = rendered("base")
+def test_servicemonitor_selects_only_the_metrics_service_and_its_admin_port() -> None:
+    objects = rendered("servicemonitor")
     monitor = the(objects, "ServiceMonitor")
-    service = the(objects, "Service")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
     assert set(monitor["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
     selector = monitor["spec"]["selector"]
     assert set(selector) == {"matchLabels"}
-    assert selector["matchLabels"].items() <= service["metadata"]["labels"].items()
+    services = [o for o in objects if o["kind"] == "Service"
+                if selector["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in services] == ["identity-metrics"], \
+        "the ServiceMonitor must not select the clients' Service"
+    (service,) = services
+    assert service["spec"]["clusterIP"] == "None", "headless: per-pod endpoints, no VIP"
+    template_labels = the(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= template_labels.items()
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     sidecar = container(objects, SIDECAR)
     admin = Settings.from_env(_settings_env(sidecar)).admin_port
@@ -328,6 +340,39 @@ def test_servicemonitor_selects_the_service_and_its_metrics_port() -> None:
         target = ports[endpoint["port"]]["targetPort"]
         assert port_number(sidecar, target) == admin, "metrics come from the admin port"
         assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
+
+
+def _scrape_annotations(objects: list[Obj]) -> dict[str, str]:
+    annotations = the(objects, "Deployment")["spec"]["template"]["metadata"].get(
+        "annotations") or {}
+    return {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_scraped_one_way_only_never_both(name: str) -> None:
+    objects = rendered(name)
+    monitors = [o for o in objects if o["kind"] in {"ServiceMonitor", "PodMonitor"}]
+    annotated = _scrape_annotations(objects).get("prometheus.io/scrape") == "true"
+    assert annotated != bool(monitors), f"{name}: annotations xor a ServiceMonitor"
+    assert not _scrape_annotations(objects) or annotated, "no half-removed annotations"
+
+
+def test_servicemonitor_overlay_only_swaps_the_scrape_mechanism() -> None:
+    base = by_identity(rendered("base"))
+    overlay = by_identity(rendered("servicemonitor"))
+    added = {key[1:] for key in overlay.keys() - base.keys()}
+    assert added == {("Service", "identity-metrics"),
+                     ("ServiceMonitor", "identity-cache-sidecar")}
+    assert base.keys() <= overlay.keys()
+    differences = set()
+    for key in base:
+        before, after = flat(base[key]), flat(overlay[key])
+        differences |= {(key[1], path) for path in before.keys() | after.keys()
+                        if before.get(path) != after.get(path)}
+    annotations = "/spec/template/metadata/annotations"
+    assert differences == {("Deployment", f"{annotations}/prometheus.io/{name}")
+                           for name in ("scrape", "port", "path")} | {
+        ("Deployment", annotations)}
 
 
 def _seconds(duration: str) -> int:
@@ -448,13 +493,23 @@ def test_probes_use_the_admin_port() -> None:
     assert "readinessProbe" in app, "the pod is ready only when the app is"
 
 
+def sidecar_exit_s(settings: Settings) -> float:
+    """The longest the sidecar takes from SIGTERM to exit, by the code's own constants."""
+    if settings.workers > 1:  # the supervisor kills a worker still running at this point
+        proxy = settings.shutdown_timeout + STOP_GRACE_S
+    else:
+        proxy = settings.shutdown_timeout + CANCEL_GRACE_S
+    return proxy + ADMIN_DRAIN_S + CANCEL_GRACE_S + EXIT_S
+
+
 def test_grace_period_covers_both_sleeps_and_drains() -> None:
     """Native sidecar order: app preStop, app drain, then sidecar preStop, sidecar drain."""
     for name in KUSTOMIZATIONS:
         objects = rendered(name)
         sidecar = container(objects, SIDECAR)
         app = container(objects, APP)
-        shutdown = Settings.from_env(_settings_env(sidecar)).shutdown_timeout
+        settings = Settings.from_env(_settings_env(sidecar))
+        shutdown = settings.shutdown_timeout
         assert literal_env(sidecar).get("SIDECAR_SHUTDOWN_TIMEOUT_S"), "set it explicitly"
         sidecar_sleep = sleep_seconds(sidecar)
         app_sleep = sleep_seconds(app)
@@ -466,6 +521,19 @@ def test_grace_period_covers_both_sleeps_and_drains() -> None:
             f"terminationGracePeriodSeconds {grace} < app preStop {app_sleep} + app drain "
             f"{shutdown} + sidecar preStop {sidecar_sleep} + sidecar drain {shutdown} + "
             f"margin {MARGIN_S}")
+        assert shutdown + MARGIN_S >= sidecar_exit_s(settings), \
+            "the margin covers what the sidecar does after its budget"
+        assert grace >= app_sleep + shutdown + sidecar_sleep + sidecar_exit_s(settings)
+
+
+def test_the_margin_is_too_small_for_several_workers() -> None:
+    """With SIDECAR_WORKERS > 1 the supervisor waits STOP_GRACE_S past the budget before it
+    kills a stuck worker: the documented reason to raise the grace period for workers."""
+    sidecar = container(rendered("base"), SIDECAR)
+    one = Settings.from_env(_settings_env(sidecar))
+    two = Settings.from_env({**_settings_env(sidecar), "SIDECAR_WORKERS": "2"})
+    assert one.shutdown_timeout + MARGIN_S >= sidecar_exit_s(one)
+    assert two.shutdown_timeout + MARGIN_S < sidecar_exit_s(two)
 
 
 def test_service_targets_the_sidecar_not_the_app() -> None:
@@ -481,7 +549,10 @@ def test_service_targets_the_sidecar_not_the_app() -> None:
     assert isinstance(http["targetPort"], str), "target the sidecar's port by name"
     settings = Settings.from_env(_settings_env(sidecar))
     assert port_number(sidecar, http["targetPort"]) == settings.port == 8080
-    assert len(ports) == 2, "the proxy port and a separate metrics port"
+    assert len(ports) == 1, "the proxy port only: the admin port (purge) is not for clients"
+    admin = port_number(sidecar, "admin")
+    for port in ports.values():
+        assert port_number(sidecar, port["targetPort"]) != admin and port["port"] != admin
     app_ports = {p["name"] for p in app["ports"]} | {p["containerPort"] for p in app["ports"]}
     for port in ports.values():
         assert port["targetPort"] not in app_ports, "nothing may bypass the sidecar"
@@ -524,7 +595,7 @@ def test_resources_have_requests_and_limits() -> None:
 
 def test_prometheus_scrape_annotations_point_at_the_admin_port() -> None:
     objects = rendered("base")
-    annotations = the(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = _scrape_annotations(objects)
     sidecar = container(objects, SIDECAR)
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == port_number(sidecar, "admin")
@@ -545,3 +616,121 @@ def test_cache_off_overlay_only_disables_the_cache() -> None:
     assert differences == {("Deployment", env_path): ("true", "false")}
     sidecar = container(rendered("cache-off"), SIDECAR)
     assert Settings.from_env(_settings_env(sidecar)).cache_enabled is False
+
+
+# --- disruption budget and network policy ---------------------------------------------------
+
+
+def test_disruption_budget_keeps_one_pod_and_never_blocks_a_drain() -> None:
+    for name in KUSTOMIZATIONS:
+        objects = rendered(name)
+        budget = the(objects, "PodDisruptionBudget")
+        deployment = the(objects, "Deployment")
+        template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+        replicas = deployment["spec"]["replicas"]
+        spec = budget["spec"]
+        assert set(spec) & {"maxUnavailable", "minAvailable"} == {"maxUnavailable"}
+        assert 1 <= spec["maxUnavailable"] < replicas, "one always serves, a drain proceeds"
+
+
+def _selects(selector: Obj | None, labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels only: the test fails on anything else)."""
+    if selector is None:
+        return True
+    assert set(selector) <= {"matchLabels"}, f"unsupported selector {selector}"
+    return bool(selector.get("matchLabels", {}).items() <= labels.items())
+
+
+def _admits(policy: Obj, port: int, namespace: str, pod: dict[str, str],
+            own_namespace: str, c: Obj) -> bool:
+    """Whether an Ingress policy admits a connection to `port` from that pod."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(port_number(c, p["port"]) == port for p in ports):
+            continue
+        peers = rule.get("from")
+        if peers is None:
+            return True
+        for peer in peers:
+            assert set(peer) <= {"namespaceSelector", "podSelector"}, f"peer {peer}"
+            if "namespaceSelector" in peer:
+                ns_ok = _selects(peer["namespaceSelector"],
+                                 {"kubernetes.io/metadata.name": namespace})
+            else:
+                ns_ok = namespace == own_namespace
+            if ns_ok and _selects(peer.get("podSelector"), pod):
+                return True
+    return False
+
+
+@pytest.mark.parametrize(("namespace", "pod", "proxy", "admin"), [
+    ("monitoring", {"app.kubernetes.io/name": "prometheus"}, True, True),
+    ("monitoring", {"app.kubernetes.io/name": "grafana"}, True, False),
+    ("identity-operators", {"app": "toolbox"}, True, True),
+    ("identity", {"app.kubernetes.io/name": "identity"}, True, False),
+    ("default", {"app.kubernetes.io/name": "prometheus"}, True, False),
+])
+def test_admin_port_only_from_prometheus_and_the_operators(
+    namespace: str, pod: dict[str, str], proxy: bool, admin: bool,
+) -> None:
+    objects = rendered("base")
+    policy = the(objects, "NetworkPolicy")
+    template_labels = the(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert _selects(policy["spec"]["podSelector"], template_labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sidecar = container(objects, SIDECAR)
+    settings = Settings.from_env(_settings_env(sidecar))
+    here = "identity"
+    assert _admits(policy, settings.port, namespace, pod, here, sidecar) is proxy
+    assert _admits(policy, settings.admin_port, namespace, pod, here, sidecar) is admin
+    assert not _admits(policy, APP_PORT, namespace, pod, here, sidecar), \
+        "the app's port: only the sidecar, over loopback"
+
+
+def test_policy_evaluation_catches_an_open_admin_port() -> None:
+    objects = rendered("base")
+    policy = the(objects, "NetworkPolicy")
+    policy["spec"]["ingress"][1].pop("from")
+    sidecar = container(objects, SIDECAR)
+    assert _admits(policy, 9090, "default", {}, "identity", sidecar)
+
+
+# --- the docs' kubectl commands -------------------------------------------------------------
+
+
+def _kubectl_logs_commands() -> list[str]:
+    """Every `kubectl logs ...` command quoted in the README and docs (line breaks joined)."""
+    commands = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"\s*\n\s*", " ", doc.read_text())
+        commands += re.findall(r"`(kubectl logs [^`|]*)", text)
+    return commands
+
+
+def test_documented_kubectl_logs_commands_name_a_real_target() -> None:
+    commands = _kubectl_logs_commands()
+    assert len(commands) >= 3
+    objects = rendered("base")
+    deployment = the(objects, "Deployment")
+    containers = {c["name"] for c in pod_spec(objects)["initContainers"] +
+                  pod_spec(objects)["containers"]}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for command in commands:
+        words = command.split()[2:]
+        options = {w.split("=")[0]: w for w in words if w.startswith("-")}
+        values = dict(zip(words, [*words[1:], ""], strict=True))
+        positional = [w for n, w in enumerate(words) if not w.startswith("-")
+                      and (n == 0 or words[n - 1] not in {"-c", "-n", "-l"})]
+        assert positional or "-l" in options, f"{command}: no POD, TYPE/NAME or -l"
+        if "-c" in values:
+            assert values["-c"] in containers, f"{command}: no container {values['-c']}"
+        for target in positional:
+            if "/" in target:
+                assert target == f"deploy/{deployment['metadata']['name']}", command
+            else:
+                assert target == "<pod>", f"{command}: {target}"
+        if "-l" in values:
+            key, _, value = values["-l"].partition("=")
+            assert labels.get(key) == value, f"{command}: selects no pod"
+            assert "--tail" in options, f"{command}: -l shows 10 lines a pod without --tail"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.version import version
 from tests.conftest import TOKEN_A, Stack, StackFactory
 
 
@@ -66,3 +70,26 @@ async def test_apps_have_separate_registries(make_stack: StackFactory, stack: St
     await stack.proxy.get("/api/v1/patients/1")
     text = (await other.admin.get("/metrics", token=None)).body.decode()
     assert "cache_misses_total{" not in text
+
+
+async def test_process_python_and_build_metrics(stack: Stack) -> None:
+    samples = _samples((await stack.admin.get("/metrics", token=None)).body.decode())
+    assert version() != "unknown", "the package is installed (make install)"
+    assert samples["sidecar_build_info"] == [({"version": version()}, 1.0)]
+    ((labels, _),) = samples["python_info"]
+    assert labels["implementation"] and labels["major"] == "3"
+    ((_, rss),) = samples["process_resident_memory_bytes"]
+    assert rss > 1_000_000
+    ((_, started),) = samples["process_start_time_seconds"]
+    assert time.time() - 3600 < started <= time.time(), "this (the test's) process's start"
+    ((_, fds),) = samples["process_open_fds"]
+    assert abs(fds - len(os.listdir("/proc/self/fd"))) < 5, "this process's descriptors"
+
+
+async def test_backend_up_is_there_only_with_the_cache_on(make_stack: StackFactory) -> None:
+    on = await make_stack({"REDIS_URL": "memory://"}, redis_url="memory://")
+    samples = _samples((await on.admin.get("/metrics", token=None)).body.decode())
+    assert samples["cache_backend_up"] == [({"backend": "memory"}, 1.0)]
+    off = await make_stack({"CACHE_ENABLED": "false"})
+    samples = _samples((await off.admin.get("/metrics", token=None)).body.decode())
+    assert "cache_backend_up" not in samples

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.conftest import REDIS_FAULT_BUDGETS, StackFactory
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import REDIS_FAULT_BUDGETS, Stack, StackFactory
 from tests.redis_process import RedisProcess
 
 PATIENT = "/api/v1/patients/42"
@@ -36,6 +38,7 @@ async def test_redis_killed_then_restarted(
                              redis_url=own_redis.url)
     assert (await stack.proxy.get(PATIENT)).x_cache == "MISS"
     assert (await stack.proxy.get(PATIENT)).x_cache == "HIT"
+    assert await _backend_up(stack) == 1
     own_redis.kill()
     for _ in range(20):
         start = time.monotonic()
@@ -46,9 +49,18 @@ async def test_redis_killed_then_restarted(
     metrics = (await stack.admin.get("/metrics", token=None)).body.decode()
     assert 'cache_errors_total{operation="get",reason="breaker-open"}' in metrics
     assert "cache_breaker_open 1.0" in metrics
+    assert await _backend_up(stack) == 0
     assert (await stack.admin.get("/readyz", token=None)).status == 200
     own_redis.start()
     await _until_hit(stack.proxy.get, PATIENT, within=30)
+    assert await _backend_up(stack) == 1
+
+
+async def _backend_up(stack: Stack) -> float:
+    text = (await stack.admin.get("/metrics", token=None)).body.decode()
+    (value,) = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "cache_backend_up" and s.labels == {"backend": "redis"}]
+    return value
 
 
 async def test_redis_frozen_by_debug_sleep(

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from sidecar.version import version
 from tests.conftest import ROUTES, TOKEN_A
 from tests.redis_process import RedisProcess
 from tests.sidecar_process import SidecarProcess
@@ -136,6 +137,16 @@ async def test_two_workers_serve_one_port_and_one_scrape_sums_their_counts(
         assert metrics['cache_hits_total{key_prefix="identity:patient"}'] == CONNECTIONS
         assert metrics['cache_misses_total{key_prefix="identity:patient"}'] == 1
         assert metrics["cache_breaker_open{}"] == 0  # livemax: one series, not one per pid
+        assert metrics['cache_backend_up{backend="redis"}'] == 1  # livemin: one series
+        assert [k for k in metrics if k.startswith("sidecar_build_info{")] == [
+            f'sidecar_build_info{{version="{version()}"}}']
+        assert len([k for k in metrics if k.startswith("python_info{")]) == 1
+        # process_* per process, labelled by slot (bounded), not one unlabelled series
+        rss = {k for k in metrics if k.startswith("process_resident_memory_bytes")}
+        assert rss == {f'process_resident_memory_bytes{{worker="{w}"}}'
+                       for w in ("supervisor", "0", "1")}
+        cpu = {k: v for k, v in metrics.items() if k.startswith("process_cpu_seconds_total")}
+        assert len(cpu) == 3 and all(v > 0 for v in cpu.values())
         _, ready = await _json(session, sidecar.admin + "/readyz")
         assert sorted(w["pid"] for w in ready["workers"]) == sorted(pids)
         assert {w["status"] for w in ready["workers"]} == {"ready"}
@@ -264,4 +275,4 @@ async def test_a_purge_is_counted_once_and_erased_in_every_worker(
         finally:
             await asyncio.gather(*(s.close() for s in sessions))
         lines = sidecar.log_lines()
-    assert sum(1 for line in lines if "cache_purge" in str(line.get("msg"))) == 1
+    assert sum(1 for line in lines if line.get("event") == "cache_purge") == 1
