@@ -11,6 +11,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 _MAGIC = b"SC1"
 _LEN = struct.Struct(">I")
@@ -31,6 +32,12 @@ class Entry:
     stored_at: float  # wall clock (epoch seconds): replicas must agree on it
     ttl: int
     initial_age: int = 0  # the upstream's Age when stored (RFC 9111 §4.2.3)
+    # `mode: rfc9111` only (None/False otherwise): what the origin's headers allow, already
+    # capped by the rule (see freshness.lifetime).
+    fresh_for: int | None = None
+    while_revalidate: int | None = None
+    if_error: int | None = None
+    must_revalidate: bool = False
     _index: dict[str, str] | None = field(default=None, compare=False, repr=False)
     _wire: bytes | None = field(default=None, compare=False, repr=False)  # see wire.py
 
@@ -42,8 +49,12 @@ class Entry:
 
         `ttl` is the rule's current TTL, so a hot-reloaded TTL applies to entries already
         stored; the store's own expiry (set from the TTL at write time) still ends them.
+        An origin's lifetime (`mode: rfc9111`) counts within it.
         """
-        return (self.ttl if ttl is None else ttl) - (now - self.stored_at) - self.initial_age
+        life = self.ttl if ttl is None else ttl
+        if self.fresh_for is not None:
+            life = min(life, self.fresh_for)
+        return life - (now - self.stored_at) - self.initial_age
 
     def header(self, name: str) -> str | None:
         """First value of a header; the index is built on first use (a hit asks 3-4 times)."""
@@ -64,11 +75,12 @@ class Entry:
         object.__setattr__(self, "_wire", block)
 
     def encode(self) -> bytes:
-        meta = json.dumps(
-            {"s": self.status, "h": self.headers, "t": self.stored_at, "ttl": self.ttl,
-             "a": self.initial_age},
-            separators=(",", ":"),
-        ).encode()
+        fields = {"s": self.status, "h": self.headers, "t": self.stored_at, "ttl": self.ttl,
+                  "a": self.initial_age}
+        if self.fresh_for is not None:
+            fields.update(f=self.fresh_for, w=self.while_revalidate, e=self.if_error,
+                          m=self.must_revalidate)
+        meta = json.dumps(fields, separators=(",", ":")).encode()
         return b"".join((_MAGIC, _LEN.pack(len(meta)), meta, self.body))
 
     @classmethod
@@ -88,6 +100,7 @@ class Entry:
                 stored_at=float(meta["t"]),
                 ttl=int(meta["ttl"]),
                 initial_age=int(meta.get("a", 0)),
+                **_origin_terms(meta),
             )
             if not (math.isfinite(entry.stored_at) and 0 < entry.ttl <= MAX_STORED_SECONDS
                     and 0 <= entry.initial_age <= MAX_STORED_SECONDS
@@ -98,3 +111,14 @@ class Entry:
             raise
         except Exception as exc:  # anything a damaged value can provoke is a miss
             raise CorruptEntry(type(exc).__name__) from None
+
+
+def _origin_terms(meta: dict[str, Any]) -> dict[str, Any]:
+    """The `mode: rfc9111` fields, range-checked (absent for `mode: ttl` entries)."""
+    if "f" not in meta:
+        return {}
+    numbers = [int(meta["f"]), int(meta["w"]), int(meta["e"])]
+    if not all(0 <= n <= MAX_STORED_SECONDS for n in numbers):
+        raise CorruptEntry("out-of-range origin terms")
+    return {"fresh_for": numbers[0], "while_revalidate": numbers[1], "if_error": numbers[2],
+            "must_revalidate": bool(meta["m"])}

@@ -20,12 +20,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from sidecar.coordination import Lease
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.freshness import Lifetime, lifetime
 from sidecar.headers import COMPUTED_PER_ANSWER, client_headers, has_undecodable_value
 from sidecar.logs import RateLimitedWarning
 from sidecar.lookup import lookup
 from sidecar.matching import Match
 from sidecar.policy import response_not_storable_reason
-from sidecar.revalidation import conditional_headers, refreshed_headers
+from sidecar.revalidation import conditional_headers, has_validator, refreshed_headers
 from sidecar.runtime import Runtime
 from sidecar.upstream import read_capped
 from sidecar.upstream_framing import overflowed
@@ -155,7 +156,8 @@ async def _fill(
                     return await _fill(rt, match, field, raw_target,
                                        _unconditional(headers), relay, lease, None)
                 # The 304's own headers are judged too: `Connection: Set-Cookie` hides one.
-                not_stored = response_not_storable_reason(200, raw_headers)
+                not_stored = response_not_storable_reason(
+                    200, raw_headers, honours_origin=match.rule.honours_origin)
                 status, reason, body = stale.status, "OK", stale.body
                 raw_headers, out_headers = merged, client_headers(merged)
                 revalidated = True
@@ -174,7 +176,8 @@ async def _fill(
             await rt.cache.drop_field(match.key, field, prefix)
             await rt.coordinator.filled(match.key, field, prefix)
         # Judged on the headers as received: a `Connection: Set-Cookie` must not hide one.
-        not_stored = response_not_storable_reason(status, raw_headers)
+        not_stored = response_not_storable_reason(
+            status, raw_headers, honours_origin=match.rule.honours_origin)
         if not_stored is not None:
             return Fetched(status, reason, out_headers, body, None, not_stored)
         if "ETag" not in out_headers:
@@ -184,12 +187,19 @@ async def _fill(
             out_headers["Date"] = formatdate(rt.clock(), usegmt=True)
         if age >= match.rule.ttl:
             return Fetched(status, reason, out_headers, body, None, "too-old")
+        life = _origin_lifetime(match, out_headers, age)
+        if isinstance(life, str):
+            return Fetched(status, reason, out_headers, body, None, life)
         entry = Entry(
             status=status,
             headers=tuple((k, v) for k, v in out_headers.items()
                           if k.lower() not in COMPUTED_PER_ANSWER),
             body=body, stored_at=rt.clock(), ttl=match.rule.ttl,
             initial_age=age,
+            fresh_for=None if life is None else life.fresh,
+            while_revalidate=None if life is None else life.while_revalidate,
+            if_error=None if life is None else life.if_error,
+            must_revalidate=life is not None and life.revalidate,
         )
         if ticket.poisoned or rt.invalidator.pending(match.key):
             # Older than a write: the leader may answer with it, nobody else may reuse it.
@@ -220,6 +230,24 @@ async def _fill(
 
 
 _Read = tuple[int, str | None, CIMultiDictProxy[str], CIMultiDict[str], bytes]
+
+
+def _origin_lifetime(
+    match: Match, headers: CIMultiDict[str], age: int
+) -> Lifetime | str | None:
+    """`mode: rfc9111`: what the origin allows for this response, or why not to store it.
+
+    None in `mode: ttl`. A response that is stale on arrival is kept only if the origin can
+    validate it (its own ETag or Last-Modified): otherwise every use would refetch it whole.
+    """
+    rule = match.rule
+    if not rule.honours_origin:
+        return None
+    life = lifetime(headers, rule_ttl=rule.ttl, rule_swr=rule.stale.while_revalidate,
+                    rule_sie=rule.stale.if_error, stale_max=rule.stale.max)
+    if life.fresh <= age and not has_validator(headers):
+        return "no-freshness"
+    return life
 
 
 def _result(status: int) -> str:

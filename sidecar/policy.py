@@ -42,13 +42,20 @@ def wants_refresh(headers: Headers) -> bool:
 _VARY_COVERED = frozenset({"accept-encoding", "authorization", "cookie"})
 
 
-def response_not_storable_reason(status: int, headers: Headers) -> str | None:
-    """None when a complete upstream response with these headers may be stored."""
+def response_not_storable_reason(
+    status: int, headers: Headers, *, honours_origin: bool = False
+) -> str | None:
+    """None when a complete upstream response with these headers may be stored.
+
+    `honours_origin` (`mode: rfc9111`): `no-cache` means "store, validate before each use"
+    (RFC 9111 §5.2.2.4) rather than "do not store".
+    """
     if status != 200:
         return "status"
     if "Set-Cookie" in headers or "Set-Cookie2" in headers:
         return "set-cookie"
-    for directive in ("no-store", "private", "no-cache"):
+    for directive in ("no-store", "private") if honours_origin else (
+            "no-store", "private", "no-cache"):
         if has_token(headers, "Cache-Control", directive):
             return f"response-{directive}"
     for value in headers.getall("Vary", []):

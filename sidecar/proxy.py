@@ -21,6 +21,7 @@ from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
 from sidecar.fetch import OVERSIZED, Fetched, fetch
 from sidecar.forward import forward, forwarded_headers, relay, upstream_failure
+from sidecar.freshness import PLAIN, asked
 from sidecar.headers import has_undecodable_value
 from sidecar.lookup import lookup
 from sidecar.matching import Match, NoMatch, match_rule, match_writes
@@ -135,19 +136,30 @@ async def _cached(
     field = variant_field(rt.hasher.fingerprint(headers), codings, match.query)
     head = request.method == "HEAD"
     refresh = wants_refresh(headers)
+    terms = asked(headers) if rule.honours_origin else PLAIN  # RFC 9111 §5.2.1
     entry = None if refresh else await lookup(rt, match, field)
     if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
         entry = None
     now = rt.clock()
     if entry is not None:
         remaining = entry.remaining(now, rule.ttl)  # the current rule's TTL (hot reload)
-        if remaining > 0:
+        verdict = terms.accepts(entry.age(now), remaining, entry.must_revalidate)
+        if verdict == "fresh":
             rt.metrics.hit(prefix)
             outcome.cache = HIT
             return replay(entry, now=now, head=head, x_cache=HIT,
                           status=cache_status("hit", f"ttl={int(remaining)}"),
                           not_modified=_conditional(request, entry), plain=eligible(request))
-        if -remaining <= min(rule.stale.while_revalidate, rule.stale.max) and not rt.draining:
+        if verdict == "stale":  # the caller's max-stale accepts it; no refresh for that
+            rt.metrics.hit(prefix)
+            rt.metrics.stale.labels(prefix, "max-stale").inc()
+            outcome.cache = STALE
+            return replay(entry, now=now, head=head, x_cache=STALE,
+                          status=cache_status("hit", "fwd=stale", "detail=max-stale"),
+                          not_modified=_conditional(request, entry), plain=eligible(request))
+        if (terms is PLAIN and remaining <= 0 and not rt.draining
+                and -remaining <= _window(entry.while_revalidate, rule.stale.while_revalidate,
+                                          rule.stale.max)):
             upstream_headers = forwarded_headers(request, strip_conditionals=True)
             rt.flights.background(
                 (match.key, field),
@@ -160,7 +172,15 @@ async def _cached(
                           not_modified=_conditional(request, entry), plain=eligible(request))
     rt.metrics.miss(prefix)
     outcome.cache = MISS
+    if terms.only_if_cached:  # RFC 9111 §5.2.1.7: nothing usable, and no upstream asked
+        return error(504, "not_cached", "No stored response satisfies only-if-cached.", MISS,
+                     "only-if-cached")
     return await _miss(request, rt, match, field, entry, refresh, outcome)
+
+
+def _window(origin: int | None, rule_window: int, stale_max: int) -> int:
+    """A stale window: the origin's (`mode: rfc9111`, already capped) or the rule's."""
+    return min(rule_window, stale_max) if origin is None else origin
 
 
 def _conditional(request: web.Request, entry: Entry) -> bool:
@@ -174,7 +194,8 @@ def _stale_if_error(entry: Entry | None, match: Match, now: float) -> bool:
     if entry is None:
         return False
     stale = match.rule.stale
-    return -entry.remaining(now, match.rule.ttl) <= min(stale.if_error, stale.max)
+    return -entry.remaining(now, match.rule.ttl) <= _window(entry.if_error, stale.if_error,
+                                                             stale.max)
 
 
 async def _miss(

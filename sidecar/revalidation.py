@@ -33,6 +33,13 @@ def conditional_headers(stored: Entry) -> list[tuple[str, str]]:
     return out
 
 
+def has_validator(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bool:
+    """The origin's own ETag or Last-Modified: something a conditional GET can send."""
+    etag = headers.get("ETag", "")
+    return bool((etag and not etag.startswith(SYNTHETIC_ETAG_PREFIX))
+                or headers.get("Last-Modified"))
+
+
 def _opaque(tag: str) -> str:
     return tag.strip().removeprefix("W/")
 

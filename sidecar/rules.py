@@ -34,8 +34,12 @@ VERSIONS = (1,)  # `version:` values this sidecar reads; absent means 1
 _DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
 _RULE_FIELDS = {
     "name", "methods", "path", "params", "key", "ttl", "ttl_env", "query", "invalidates",
-    "stale",
+    "stale", "mode",
 }
+# `ttl`: the rule's TTL is the policy. `rfc9111`: the origin's Cache-Control/Expires are,
+# with the TTL as an upper bound (see sidecar/freshness.py and docs/caching.md).
+TTL_MODE, RFC9111_MODE = "ttl", "rfc9111"
+MODES = (TTL_MODE, RFC9111_MODE)
 _STALE_FIELDS = {"while_revalidate", "if_error", "max"}
 # A TTL, and each stale window, is at most a year: an entity's Redis expiry (TTL + largest
 # window) then stays under two years, far inside what EXPIRE and `entry.Entry` accept.
@@ -73,6 +77,11 @@ class Rule:
     query: frozenset[str]
     invalidates: tuple[str, ...]
     stale: Stale
+    mode: str = TTL_MODE
+
+    @property
+    def honours_origin(self) -> bool:
+        return self.mode == RFC9111_MODE
 
     def key_for(self, params: Mapping[str, str]) -> str:
         return _PLACEHOLDER.sub(lambda m: params[m.group(1)], self.key)
@@ -403,6 +412,10 @@ class _Parser:
             query = []
         invalidates = self.invalidates(where, item, service)
         stale = self.stale(where, item, default_stale)
+        mode = item.get("mode", TTL_MODE)
+        if mode not in MODES:
+            self.fail(where, f"mode must be one of {', '.join(MODES)}, got {mode!r}",
+                      self.at(item, "mode"))
         if len(self.problems) > count or compiled is None or key is None:
             return None
         return Rule(
@@ -410,6 +423,7 @@ class _Parser:
             regex=compiled[0], loose=self.loose(item["path"]), key=key,
             key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
             ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
+            mode=mode,
         )
 
     def invalidates(self, where: str, item: Any, service: str) -> tuple[str, ...]:

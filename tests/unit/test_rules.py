@@ -396,3 +396,11 @@ def test_every_problem_is_reported_at_once() -> None:
     assert any("'patient'" in p and "path parameters" in p for p in found)
     assert any("'patient'" in p and "ttl must be > 0" in p for p in found)
     assert any("'professional'" in p and "methods must list GET" in p for p in found)
+
+
+def test_mode_is_ttl_by_default_and_rfc9111_on_request() -> None:
+    assert {r.mode for r in parse(PATIENT).rules} == {"ttl"}
+    rule = parse(patient("ttl: 600", "ttl: 600\n        mode: rfc9111")).rules[0]
+    assert rule.honours_origin and rule.mode == "rfc9111"
+    assert_rejected(patient("ttl: 600", "ttl: 600\n        mode: http"), "patient",
+                    "mode must be one of ttl, rfc9111, got 'http'")

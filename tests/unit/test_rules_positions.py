@@ -101,5 +101,5 @@ def test_an_unknown_field_points_at_itself() -> None:
             tll: 600
     """)
     assert found == [f"{SOURCE}:5:5: rule #1 'patient': unknown field 'tll' (allowed: "
-                     "invalidates, key, methods, name, params, path, query, stale, ttl, "
+                     "invalidates, key, methods, mode, name, params, path, query, stale, ttl, "
                      "ttl_env)"]

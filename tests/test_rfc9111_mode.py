@@ -1,0 +1,153 @@
+"""`mode: rfc9111`: the origin's Cache-Control and Expires set freshness; the rule's TTL
+caps it; request directives (RFC 9111 §5.2.1) are honoured. `mode: ttl` ignores all this."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from tests.conftest import Stack, StackFactory
+
+PATIENT = "/api/v1/patients/42"
+ROUTES = (Path(__file__).resolve().parent.parent / "config" / "routes.yaml").read_text()
+RFC9111_ROUTES = ROUTES.replace("    ttl_env: CACHE_TTL_PATIENT\n",
+                                "    ttl_env: CACHE_TTL_PATIENT\n    mode: rfc9111\n", 1)
+assert RFC9111_ROUTES != ROUTES
+
+
+def _advance(stack: Stack, seconds: float) -> None:
+    clock = stack.rt.clock
+    stack.rt.clock = lambda: clock() + seconds
+
+
+def _origin(value: str) -> dict[str, str]:
+    return {"X-Stub-Header": f"Cache-Control: {value}"}
+
+
+async def _rfc(make_stack: StackFactory) -> Stack:
+    return await make_stack(rules_yaml=RFC9111_ROUTES)
+
+
+async def test_origin_max_age_sets_freshness_under_the_rule_ttl(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await _rfc(make_stack)
+    await stack.proxy.get(PATIENT, headers=_origin("max-age=60"))
+    _advance(stack, 30)
+    assert (await stack.proxy.get(PATIENT, headers=_origin("max-age=60"))).x_cache == "HIT"
+    _advance(stack, 40)  # 70 s: stale for the origin, fresh for the 600 s rule
+    reply = await stack.proxy.get(PATIENT, headers=_origin("max-age=60"))
+    assert reply.x_cache == "STALE"  # inside the rule's 30 s stale-while-revalidate
+
+
+async def test_the_rule_ttl_is_the_upper_bound(make_stack: StackFactory, redis_client: Redis
+                                               ) -> None:
+    stack = await _rfc(make_stack)
+    await stack.proxy.get(PATIENT, headers=_origin("max-age=86400"))
+    _advance(stack, 600 + 31)
+    assert (await stack.proxy.get(PATIENT, headers=_origin("max-age=86400"))).x_cache == "MISS"
+
+
+async def test_ttl_mode_ignores_the_origin(stack: Stack) -> None:
+    await stack.proxy.get(PATIENT, headers=_origin("max-age=60"))
+    _advance(stack, 300)
+    assert (await stack.proxy.get(PATIENT, headers=_origin("max-age=60"))).x_cache == "HIT"
+
+
+async def test_expires_counts_from_date(make_stack: StackFactory, redis_client: Redis) -> None:
+    stack = await _rfc(make_stack)
+    now = formatdate(usegmt=True)
+    hooks = [("X-Stub-Header", f"Date: {now}"),
+             ("X-Stub-Header", f"Expires: {formatdate(_epoch(now) + 20, usegmt=True)}")]
+    await stack.proxy.get(PATIENT, headers=hooks)
+    _advance(stack, 10)
+    assert (await stack.proxy.get(PATIENT, headers=hooks)).x_cache == "HIT"
+    _advance(stack, 60)  # 70 s: past Expires and past the 30 s stale window
+    assert (await stack.proxy.get(PATIENT, headers=hooks)).x_cache == "MISS"
+
+
+def _epoch(http_date: str) -> float:
+    from email.utils import parsedate_to_datetime
+    return parsedate_to_datetime(http_date).timestamp()
+
+
+async def test_no_cache_is_stored_and_revalidated_before_every_use(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await _rfc(make_stack)
+    first = await stack.proxy.get(PATIENT, headers=_origin("no-cache"))
+    assert "stored" in first.headers["Cache-Status"]
+    assert await redis_client.hgetall("identity:patient:42") != {}
+    again = await stack.proxy.get(PATIENT, headers=_origin("no-cache"))
+    assert again.x_cache == "MISS" and "fwd-status=304" in again.headers["Cache-Status"]
+    assert again.body == first.body and stack.upstream_hits(PATIENT) == 2
+
+
+async def test_must_revalidate_forbids_stale_serving(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await _rfc(make_stack)
+    cc = _origin("max-age=10, must-revalidate")
+    await stack.proxy.get(PATIENT, headers=cc)
+    _advance(stack, 15)  # inside the rule's stale windows, but the origin forbids them
+    reply = await stack.proxy.get(PATIENT, headers=cc)
+    assert reply.x_cache == "MISS" and "fwd-status=304" in reply.headers["Cache-Status"]
+    _advance(stack, 15)
+    down = await stack.proxy.get(PATIENT, headers={**cc, "X-Stub-Status": "503"})
+    assert down.status == 503 and down.x_cache == "MISS"  # no stale-if-error
+
+
+async def test_origin_stale_while_revalidate_replaces_the_rules(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await _rfc(make_stack)
+    cc = _origin("max-age=10, stale-while-revalidate=5")
+    await stack.proxy.get(PATIENT, headers=cc)
+    _advance(stack, 13)
+    assert (await stack.proxy.get(PATIENT, headers=cc)).x_cache == "STALE"
+    await stack.rt.flights.idle()
+    _advance(stack, 10 + 8)  # 8 s stale after the refresh: past the origin's 5 s
+    assert (await stack.proxy.get(PATIENT, headers=cc)).x_cache == "MISS"
+
+
+async def test_request_max_age_and_min_fresh(make_stack: StackFactory, redis_client: Redis
+                                             ) -> None:
+    stack = await _rfc(make_stack)
+    cc = _origin("max-age=100")
+    await stack.proxy.get(PATIENT, headers=cc)
+    _advance(stack, 50)
+    assert (await stack.proxy.get(PATIENT, headers=cc)).x_cache == "HIT"
+    old = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "max-age=20"})
+    assert old.x_cache == "MISS" and "fwd-status=304" in old.headers["Cache-Status"]
+    _advance(stack, 60)  # 60 s into the refreshed entry's 100
+    short = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "min-fresh=50"})
+    assert short.x_cache == "MISS"
+
+
+async def test_only_if_cached_never_asks_the_upstream(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await _rfc(make_stack)
+    empty = await stack.proxy.get(PATIENT, headers={"Cache-Control": "only-if-cached"})
+    assert empty.status == 504 and stack.upstream_hits(PATIENT) == 0
+    await stack.proxy.get(PATIENT)
+    cached = await stack.proxy.get(PATIENT, headers={"Cache-Control": "only-if-cached"})
+    assert cached.status == 200 and cached.x_cache == "HIT"
+    assert stack.upstream_hits(PATIENT) == 1
+
+
+async def test_request_max_stale_accepts_an_old_copy_without_the_upstream(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await _rfc(make_stack)
+    cc = _origin("max-age=10")
+    first = await stack.proxy.get(PATIENT, headers=cc)
+    _advance(stack, 100)  # past the stale window
+    reply = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "max-stale=200"})
+    assert reply.x_cache == "STALE" and reply.body == first.body
+    assert "detail=max-stale" in reply.headers["Cache-Status"]
+    assert stack.upstream_hits(PATIENT) == 1
+    bounded = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "max-stale=50"})
+    assert bounded.x_cache == "MISS"
