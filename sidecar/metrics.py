@@ -55,6 +55,10 @@ class Metrics:
         self.breaker_open = Gauge(
             "cache_breaker_open", "1 while the cache circuit breaker stops Redis calls.",
             registry=r, multiprocess_mode="livemax")
+        self.backend_up = Gauge(
+            "cache_backend_up", "1 while the cache backend answers and the breaker is closed; "
+            "0 while requests are served from the upstream alone (fail-open).",
+            registry=r, multiprocess_mode="livemin")
         self.bypass = Counter("cache_bypass", "Requests that did not use the cache, by reason.",
                               ["reason"], registry=r)
         self.requests = Histogram(
