@@ -77,8 +77,7 @@ class ClusterStore(RedisStore):
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             # A dead primary must not stop the slots the others serve.
             require_full_coverage=False,
-            max_connections=settings.redis_max_connections,
-            cluster_error_retry_attempts=0, **self._node_options)
+            max_connections=settings.redis_max_connections, **self._node_options)
         self._seeds = target.nodes
         self._next = itertools.count()
         super().__init__(settings, client, ssl_options=ssl_options)

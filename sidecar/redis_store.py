@@ -173,6 +173,8 @@ class RedisStore:
         while True:
             cursor, keys = await node.scan(cursor, match=f"{prefix}:*", count=_SCAN_BATCH,
                                            **target)
+            if isinstance(cursor, dict):  # a cluster answers ({node name: cursor}, keys)
+                [cursor] = cursor.values()
             batch.extend(k.decode() if isinstance(k, bytes) else str(k) for k in keys)
             if len(batch) >= _SCAN_BATCH or (batch and not int(cursor)):
                 removed += int(await self.client.unlink(*batch))
@@ -209,7 +211,8 @@ class RedisStore:
     async def start(self) -> None:
         """Refuse a cluster node behind `redis://`; then watch health and topology."""
         with contextlib.suppress(CacheUnavailable):  # Redis may come up after the sidecar
-            await self._check()
+            self._topology = await self._check()
+            log.info("cache backend topology: %s [backend=%s]", self._topology, self.name)
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _check(self) -> str:
