@@ -104,8 +104,7 @@ class ClusterStore(RedisStore):
     async def delete_prefix(self, prefix: str) -> int:
         """SCAN every primary (each holds its own slots); the UNLINKs are split by slot."""
         with mapped():
-            if self.client._initialize:
-                await self.client.initialize()
+            await self.client.initialize()  # a no-op unless a failure asked for fresh slots
             primaries = self.client.get_primaries()
             counts = await asyncio.gather(*(
                 self._erase_scanned(self.client, prefix, target_nodes=node)
@@ -124,8 +123,7 @@ class ClusterStore(RedisStore):
         """Every primary answers; the topology line lists them (a failover changes it)."""
         with mapped():
             async with asyncio.timeout(self.deadline * 3):  # re-reading the slots first
-                if self.client._initialize:
-                    await self.client.initialize()
+                await self.client.initialize()
                 await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
                 primaries = sorted(f"{n.host}:{n.port}" for n in self.client.get_primaries())
         return f"cluster primaries {','.join(primaries)}"

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from redis.cluster import RedisCluster
 from tests.conftest import REDIS_FAULT_BUDGETS, TOKEN_A, Client, Stack, StackFactory
 from tests.redis_process import RedisProcess
 from tests.sidecar_process import SidecarProcess
+from tests.tls_certs import make_certs
 from tests.waiting import PATIENCE, until
 
 pytestmark = pytest.mark.timeout(90)
@@ -414,3 +416,94 @@ async def test_sentinel_master_killed_under_load(
     with capsys.disabled():
         print(f"\nsentinel failover: {summary}")
 
+
+
+# --- TLS and the ACL user on a cluster -----------------------------------------------------
+
+ACL_FILE = Path(__file__).resolve().parent.parent / "deploy" / "redis" / "users.acl"
+PASSWORD = "sidecar-ha-password"
+
+
+@dataclass
+class TlsCluster:
+    ports: list[int]
+    certs: dict[str, Path]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"REDIS_TLS_CA_FILE": str(self.certs["ca"].with_suffix(".crt")),
+                "REDIS_TLS_CERT_FILE": str(self.certs["client"].with_suffix(".crt")),
+                "REDIS_TLS_KEY_FILE": str(self.certs["client"].with_suffix(".key"))}
+
+    @property
+    def url(self) -> str:
+        return f"rediss+cluster://sidecar:{PASSWORD}@127.0.0.1:{self.ports[0]}"
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, ssl=True, socket_timeout=5,
+                           ssl_ca_certs=self.env["REDIS_TLS_CA_FILE"],
+                           ssl_certfile=self.env["REDIS_TLS_CERT_FILE"],
+                           ssl_keyfile=self.env["REDIS_TLS_KEY_FILE"])
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster]:
+    """Three TLS-only masters (bus and clients), the deploy ACL user for the sidecar; the
+    default user stays on for `redis-cli --cluster create`."""
+    root = tmp_path_factory.mktemp("tls-cluster")
+    certs = make_certs(root)
+    acl = root / "users.acl"
+    acl.write_text(ACL_FILE.read_text().replace("<password>", PASSWORD).replace(
+        "user default off", "user default on nopass ~* &* +@all"))
+    group = TlsCluster([_ha_port() for _ in range(3)], certs)
+    tls = ["--tls-cert-file", str(certs["server"].with_suffix(".crt")),
+           "--tls-key-file", str(certs["server"].with_suffix(".key")),
+           "--tls-client-cert-file", str(certs["client"].with_suffix(".crt")),
+           "--tls-client-key-file", str(certs["client"].with_suffix(".key")),
+           "--tls-ca-cert-file", str(certs["ca"].with_suffix(".crt"))]
+    procs = []
+    try:
+        for port in group.ports:
+            workdir = root / str(port)
+            workdir.mkdir()
+            procs.append(subprocess.Popen(
+                ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(workdir),
+                 "--cluster-enabled", "yes", "--tls-cluster", "yes", "--tls-replication", "yes",
+                 "--tls-auth-clients", "yes", "--aclfile", str(acl), *tls],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        for port in group.ports:
+            _poll(lambda port=port: group.client(port).ping(), "TLS cluster node up")
+        subprocess.run(["redis-cli", "--tls", "--cacert", tls[-1], "--cert", tls[5],
+                        "--key", tls[7], "--cluster", "create",
+                        *(f"127.0.0.1:{p}" for p in group.ports),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        _poll(lambda: all(group.client(p).execute_command(  # type: ignore[no-untyped-call]
+            "CLUSTER INFO")["cluster_state"] == "ok" for p in group.ports), "TLS cluster formed")
+        yield group
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+async def test_tls_cluster_with_the_acl_user(
+    make_stack: StackFactory, tls_cluster: TlsCluster
+) -> None:
+    stack = await make_stack(tls_cluster.env, redis_url=tls_cluster.url)
+    await _subscribed(stack)
+    paths = [f"/api/v1/patients/{n}" for n in range(300, 310)]
+    assert [(await stack.proxy.get(p)).x_cache for p in paths] == ["MISS"] * len(paths)
+    await stack.rt.flights.idle()
+    assert [(await stack.proxy.get(p)).x_cache for p in paths] == ["HIT"] * len(paths)
+    written = await stack.proxy.request("PATCH", paths[0], headers=JSON, data=b'{"gender": "x"}')
+    assert written.status == 200
+    assert (await stack.proxy.get(paths[0])).x_cache == "MISS"
+    purge = await stack.admin.request("DELETE", "/cache?prefix=identity:patient&confirm=yes",
+                                      token=None)
+    assert purge.status == 200 and purge.json()["removed"] == len(paths)
+    errors = [line for line in (await stack.admin.get("/metrics", token=None))
+              .body.decode().splitlines() if line.startswith("cache_errors_total")]
+    assert errors == []
+    assert (await _readyz(stack))["cache"] == "redis-cluster"
