@@ -3,9 +3,11 @@ Redis Cluster (3 masters, 3 replicas) and a Sentinel set (1 master, 1 replica, 3
 
 What a user sees: MISS then HIT on both, entries spread over the masters, a write that
 invalidates, purges that reach every master, two sidecars sharing one fetch through the
-lease, a `redis://` URL at a cluster node refused at start-up, and, last (they kill a
-master), failovers that every request rides out with a 200, the right body and in under
-a second, while /readyz says `cache=degraded`, with caching back after the promotion.
+lease, a `redis://` URL at a cluster node refused at start-up, the hot key's slot moved to
+another master under load, and, last (they kill a master), failovers that every request
+rides out with a 200, the right body and in under a second, while /readyz says
+`cache=degraded`, with caching back after the promotion. A TLS-only cluster with the deploy
+ACL user checks `rediss+cluster://` and the grants it needs.
 """
 
 from __future__ import annotations
@@ -371,6 +373,60 @@ async def _ready_name(stack: Stack) -> bool:
 def _gauge(metrics: str) -> str:
     line = next(x for x in metrics.splitlines() if x.startswith("cache_backend_up "))
     return line.split()[1].removesuffix(".0")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _migrate_slot(cluster: Cluster, key: str) -> tuple[int, int]:
+    """Move the slot holding `key` to another master, key by key, as `redis-cli --cluster
+    reshard` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE); (from port, to port)."""
+    src = cluster.owner(key)
+    dst = next(n for n in cluster.primaries() if n.port != src.port)
+    slot = str(_command(src.port, "CLUSTER", "KEYSLOT", key))
+    src_id = _text(_command(src.port, "CLUSTER", "MYID"))
+    dst_id = _text(_command(dst.port, "CLUSTER", "MYID"))
+    _command(dst.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    _command(src.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := _command(src.port, "CLUSTER", "GETKEYSINSLOT", slot, "100"):
+        _command(src.port, "MIGRATE", "127.0.0.1", str(dst.port), "", "0", "5000", "KEYS",
+                 *(_text(k) for k in keys))
+    for node in cluster.primaries():
+        _command(node.port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    return src.port, dst.port
+
+
+async def test_cluster_slot_of_the_hot_key_migrated_under_load(
+    make_stack: StackFactory, cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = await make_stack(FAILOVER_ENV, redis_url=cluster.url)
+    await stack.proxy.get(HOT)
+    await stack.rt.flights.idle()
+    hit = await stack.proxy.get(HOT)
+    assert hit.x_cache == "HIT"
+    load = Load(stack.proxy, hit.json())
+    callers = [asyncio.ensure_future(load.caller()) for _ in range(8)]
+    try:
+        await until(lambda: _answered(load, 20), "load running")
+        started = time.monotonic()
+        src, dst = await asyncio.to_thread(_migrate_slot, cluster, "identity:patient:42")
+        moved = time.monotonic() - started
+        count = len(load.answers)
+
+        async def hits_after_move() -> bool:
+            tail = load.answers[count:]
+            return len(tail) >= 8 and all(a[3] == "HIT" for a in tail[-8:])
+        await until(hits_after_move, "HITs served from the new owner")
+    finally:
+        load.stop.set()
+        await asyncio.gather(*callers)
+    assert cluster.owner("identity:patient:42").port == dst != src
+    assert _sync(dst).exists("identity:patient:42") == 1
+    with capsys.disabled():
+        misses = sum(a[3] != "HIT" for a in load.answers)
+        print(f"\ncluster slot migration: {load.check()}, {misses} not from the cache; "
+              f"the move took {moved:.2f} s")
 
 
 async def test_cluster_master_killed_under_load(
