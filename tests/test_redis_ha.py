@@ -445,19 +445,42 @@ async def test_cluster_master_killed_under_load(
 
 # --- Sentinel ------------------------------------------------------------------------------
 
+def _calls(port: int) -> dict[str, int]:
+    """Commands the server ran, by name (scripts' own calls included), without health pings."""
+    stats = _sync(port).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()
+            if name not in ("cmdstat_ping", "cmdstat_info", "cmdstat_hello")}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
 async def test_sentinel_miss_then_hit_and_invalidation(
-    make_stack: StackFactory, sentinels: SentinelSet
+    make_stack: StackFactory, sentinels: SentinelSet, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack = await make_stack(redis_url=sentinels.url)
+    stack = await make_stack({"CACHE_NEAR_MAX_BYTES": "0"}, redis_url=sentinels.url)
+    await _subscribed(stack)
     path = "/api/v1/patients/9"
+    port = sentinels.master.port
+    start = _calls(port)
     assert (await stack.proxy.get(path)).x_cache == "MISS"
     await stack.rt.flights.idle()
+    missed = _calls(port)
     assert (await stack.proxy.get(path)).x_cache == "HIT"
-    assert _sync(sentinels.master.port).exists("identity:patient:9") == 1
+    hit = _calls(port)
+    assert _delta(missed, hit) == {"hget": 1}  # a hit is one HGET
+    per_miss = _delta(start, missed)
+    assert _sync(port).exists("identity:patient:9") == 1
+    size = _command(port, "MEMORY", "USAGE", "identity:patient:9")
+    value = len(_sync(port).hgetall("identity:patient:9").popitem()[1])
     written = await stack.proxy.request("PATCH", path, headers=JSON, data=b'{"gender": "x"}')
     assert written.status == 200
     assert (await stack.proxy.get(path)).x_cache == "MISS"
     assert (await _readyz(stack))["cache"] == "redis-sentinel"
+    with capsys.disabled():
+        print(f"\nRedis commands per miss: {sum(per_miss.values())} {per_miss}; "
+              f"one entity with one variant: {size} bytes in Redis ({value} bytes of value)")
 
 
 async def test_sentinel_master_killed_under_load(
