@@ -69,6 +69,7 @@ class SentinelStore(RedisStore):
 
 class ClusterStore(RedisStore):
     name = "redis-cluster"
+    publish_in_transaction = False
 
     def __init__(self, settings: Settings, target: RedisTarget,
                  ssl_options: dict[str, Any]) -> None:
@@ -81,20 +82,6 @@ class ClusterStore(RedisStore):
         self._seeds = target.nodes
         self._next = itertools.count()
         super().__init__(settings, client, ssl_options=ssl_options)
-
-    async def put(self, key: str, field: str, value: bytes, keep: int,
-                  release: Release | None = None) -> None:
-        """MULTI on the entity's slot (the lease is hash-tagged into it); then PUBLISH,
-        which has no slot and so cannot sit in a cluster transaction."""
-        with mapped():
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(key, field, value)
-                pipe.expire(key, keep)
-                if release is not None:
-                    pipe.eval(RELEASE_SCRIPT, 1, release.lease, release.token)
-                await pipe.execute()
-            if release is not None:
-                await self.client.publish(release.channel, release.message)
 
     async def release(self, release: Release) -> None:
         with mapped():

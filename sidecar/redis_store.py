@@ -107,6 +107,7 @@ class RedisStore:
     name = "redis"
     shared = True
     self_timed_reads = True  # get() enforces the deadline itself (see read_batcher.py)
+    publish_in_transaction = True  # False on a cluster (see `put`)
 
     def __init__(self, settings: Settings, client: Any = None,
                  *, ssl_options: dict[str, Any] | None = None) -> None:
@@ -142,15 +143,22 @@ class RedisStore:
 
     async def put(self, key: str, field: str, value: bytes, keep: int,
                   release: Release | None = None) -> None:
-        """`MULTI HSET EXPIRE [EVAL PUBLISH] EXEC`: one round trip, never a key without TTL."""
+        """`MULTI HSET EXPIRE [EVAL PUBLISH] EXEC`: one round trip, never a key without TTL.
+
+        On a cluster the PUBLISH follows the EXEC: it has no slot, so it cannot sit in a
+        transaction pinned to the entity's (where the hash-tagged lease is).
+        """
         with mapped():
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(key, field, value)
                 pipe.expire(key, keep)
                 if release is not None:
                     pipe.eval(RELEASE_SCRIPT, 1, release.lease, release.token)
-                    pipe.publish(release.channel, release.message)
+                    if self.publish_in_transaction:
+                        pipe.publish(release.channel, release.message)
                 await pipe.execute()
+            if release is not None and not self.publish_in_transaction:
+                await self.client.publish(release.channel, release.message)
 
     async def drop_field(self, key: str, field: str) -> None:
         with mapped():

@@ -320,15 +320,28 @@ class Load:
         return f"{len(self.answers)} answers, slowest {slow * 1000:.0f} ms"
 
 
-async def _ride_out_failover(stack: Stack, kill: Any, caplog: pytest.LogCaptureFixture) -> str:
+async def _ride_out_failover(make_stack: StackFactory, url: str, kill: Any,
+                             caplog: pytest.LogCaptureFixture) -> str:
     """Kill the master under load: all answers right and fast, degraded seen, HIT again,
     and one log line for the new topology."""
+    with caplog.at_level(logging.INFO, logger="sidecar.cache"):
+        stack = await make_stack(FAILOVER_ENV, redis_url=url)
+        await _subscribed(stack)
+        return await _failover_under_load(stack, kill, caplog)
+
+
+async def _start_load(stack: Stack) -> tuple[Load, list[asyncio.Future[None]]]:
+    """The hot entity cached, then eight callers asking for it in a loop."""
     await stack.proxy.get(HOT)
     await stack.rt.flights.idle()
     hit = await stack.proxy.get(HOT)
     assert hit.x_cache == "HIT"
     load = Load(stack.proxy, hit.json())
-    callers = [asyncio.ensure_future(load.caller()) for _ in range(8)]
+    return load, [asyncio.ensure_future(load.caller()) for _ in range(8)]
+
+
+async def _failover_under_load(stack: Stack, kill: Any, caplog: pytest.LogCaptureFixture) -> str:
+    load, callers = await _start_load(stack)
     seen: set[str] = set()
     gauge: set[str] = set()
     try:
@@ -401,12 +414,7 @@ async def test_cluster_slot_of_the_hot_key_migrated_under_load(
     make_stack: StackFactory, cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack = await make_stack(FAILOVER_ENV, redis_url=cluster.url)
-    await stack.proxy.get(HOT)
-    await stack.rt.flights.idle()
-    hit = await stack.proxy.get(HOT)
-    assert hit.x_cache == "HIT"
-    load = Load(stack.proxy, hit.json())
-    callers = [asyncio.ensure_future(load.caller()) for _ in range(8)]
+    load, callers = await _start_load(stack)
     try:
         await until(lambda: _answered(load, 20), "load running")
         started = time.monotonic()
@@ -433,11 +441,8 @@ async def test_cluster_master_killed_under_load(
     make_stack: StackFactory, cluster: Cluster, capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="sidecar.cache"):
-        stack = await make_stack(FAILOVER_ENV, redis_url=cluster.url)
-        await _subscribed(stack)
-        owner = cluster.owner("identity:patient:42")
-        summary = await _ride_out_failover(stack, owner.kill, caplog)
+    owner = cluster.owner("identity:patient:42")
+    summary = await _ride_out_failover(make_stack, cluster.url, owner.kill, caplog)
     assert owner.port not in {n.port for n in cluster.primaries()}
     with capsys.disabled():
         print(f"\ncluster failover: {summary}")
@@ -487,14 +492,10 @@ async def test_sentinel_master_killed_under_load(
     make_stack: StackFactory, sentinels: SentinelSet, capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="sidecar.cache"):
-        stack = await make_stack(FAILOVER_ENV, redis_url=sentinels.url)
-        await _subscribed(stack)
-        summary = await _ride_out_failover(stack, sentinels.master.kill, caplog)
+    summary = await _ride_out_failover(make_stack, sentinels.url, sentinels.master.kill, caplog)
     assert sentinels.current_master() == sentinels.replica.port
     with capsys.disabled():
         print(f"\nsentinel failover: {summary}")
-
 
 
 # --- TLS and the ACL user on a cluster -----------------------------------------------------
