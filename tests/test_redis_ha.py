@@ -6,8 +6,9 @@ invalidates, purges that reach every master, two sidecars sharing one fetch thro
 lease, a `redis://` URL at a cluster node refused at start-up, the hot key's slot moved to
 another master under load, and, last (they kill a master), failovers that every request
 rides out with a 200, the right body and in under a second, while /readyz says
-`cache=degraded`, with caching back after the promotion. A TLS-only cluster with the deploy
-ACL user checks `rediss+cluster://` and the grants it needs.
+`cache=degraded`, with caching back after the promotion. A TLS-only cluster and a TLS-only
+master and Sentinel, with the deploy ACL user, check `rediss+cluster://`,
+`rediss+sentinel://` and the grants they need.
 """
 
 from __future__ import annotations
@@ -505,7 +506,7 @@ PASSWORD = "sidecar-ha-password"
 
 
 @dataclass
-class TlsCluster:
+class TlsServers:
     ports: list[int]
     certs: dict[str, Path]
 
@@ -527,7 +528,7 @@ class TlsCluster:
 
 
 @pytest.fixture(scope="module")
-def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster]:
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServers]:
     """Three TLS-only masters (bus and clients), the deploy ACL user for the sidecar; the
     default user stays on for `redis-cli --cluster create`."""
     root = tmp_path_factory.mktemp("tls-cluster")
@@ -535,7 +536,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
     acl = root / "users.acl"
     acl.write_text(ACL_FILE.read_text().replace("<password>", PASSWORD).replace(
         "user default off", "user default on nopass ~* &* +@all"))
-    group = TlsCluster([_ha_port() for _ in range(3)], certs)
+    group = TlsServers([_ha_port() for _ in range(3)], certs)
     tls = ["--tls-cert-file", str(certs["server"].with_suffix(".crt")),
            "--tls-key-file", str(certs["server"].with_suffix(".key")),
            "--tls-client-cert-file", str(certs["client"].with_suffix(".crt")),
@@ -569,7 +570,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
 
 
 async def test_tls_cluster_with_the_acl_user(
-    make_stack: StackFactory, tls_cluster: TlsCluster
+    make_stack: StackFactory, tls_cluster: TlsServers
 ) -> None:
     stack = await make_stack(tls_cluster.env, redis_url=tls_cluster.url)
     await _subscribed(stack)
@@ -587,3 +588,63 @@ async def test_tls_cluster_with_the_acl_user(
               .body.decode().splitlines() if line.startswith("cache_errors_total")]
     assert errors == []
     assert (await _readyz(stack))["cache"] == "redis-cluster"
+
+
+@pytest.fixture(scope="module")
+def tls_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServers]:
+    """A TLS-only master (the deploy ACL user) and one TLS-only Sentinel watching it.
+
+    `ports` is [Sentinel, master]; the same certificates and client files as the cluster's.
+    """
+    root = tmp_path_factory.mktemp("tls-sentinel")
+    certs = make_certs(root)
+    acl = root / "users.acl"
+    acl.write_text(ACL_FILE.read_text().replace("<password>", PASSWORD).replace(
+        "user default off", "user default on nopass ~* &* +@all"))
+    group = TlsServers([_ha_port(), _ha_port()], certs)
+    files = {"tls-cert-file": certs["server"].with_suffix(".crt"),
+             "tls-key-file": certs["server"].with_suffix(".key"),
+             "tls-client-cert-file": certs["client"].with_suffix(".crt"),
+             "tls-client-key-file": certs["client"].with_suffix(".key"),
+             "tls-ca-cert-file": certs["ca"].with_suffix(".crt")}
+    tls = "".join(f"{name} {path}\n" for name, path in files.items())
+    sentinel_port, master_port = group.ports
+    (root / "master.conf").write_text(
+        f"port 0\ntls-port {master_port}\nbind 127.0.0.1\nsave \"\"\ndir {root}\n"
+        f"tls-auth-clients yes\naclfile {acl}\n{tls}")
+    (root / "sentinel.conf").write_text(
+        f"port 0\ntls-port {sentinel_port}\nbind 127.0.0.1\ndir {root}\ntls-replication yes\n"
+        f"tls-auth-clients yes\n{tls}sentinel monitor {SERVICE} 127.0.0.1 {master_port} 1\n")
+    procs = [subprocess.Popen(["redis-server", str(root / "master.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
+             subprocess.Popen(["redis-server", str(root / "sentinel.conf"), "--sentinel"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    try:
+        _poll(lambda: group.client(master_port).ping(), "TLS master up")
+        _poll(lambda: int(group.client(sentinel_port).execute_command(  # type: ignore[no-untyped-call]
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)[1]) == master_port,
+              "TLS Sentinel watching the master")
+        yield group
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+async def test_tls_sentinel_with_the_acl_user(
+    make_stack: StackFactory, tls_sentinel: TlsServers
+) -> None:
+    url = (f"rediss+sentinel://sidecar:{PASSWORD}@127.0.0.1:{tls_sentinel.ports[0]}"
+           f"/{SERVICE}/0")
+    stack = await make_stack(tls_sentinel.env, redis_url=url)
+    await _subscribed(stack)
+    path = "/api/v1/patients/77"
+    assert (await stack.proxy.get(path)).x_cache == "MISS"
+    await stack.rt.flights.idle()
+    assert (await stack.proxy.get(path)).x_cache == "HIT"
+    purge = await stack.admin.request("DELETE", "/cache/identity:patient:77", token=None)
+    assert purge.status == 200 and purge.json()["removed"] == 1
+    errors = [line for line in (await stack.admin.get("/metrics", token=None))
+              .body.decode().splitlines() if line.startswith("cache_errors_total")]
+    assert errors == []
+    assert (await _readyz(stack))["cache"] == "redis-sentinel"
