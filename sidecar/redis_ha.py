@@ -40,8 +40,7 @@ class SentinelStore(RedisStore):
         options = client_options(settings)
         # The Sentinels get the same budgets and TLS, not the data nodes' ACL user.
         self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(target.nodes), sentinel_kwargs={**options, **ssl_options},
-                                  **options)
+            list(target.nodes), sentinel_kwargs={**options, **ssl_options}, **options)
         self._service = target.service
         self._data_options: dict[str, Any] = {**_auth(target), "db": target.db, **ssl_options}
         client = self._sentinel.master_for(

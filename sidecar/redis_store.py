@@ -28,7 +28,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from sidecar.errors import CacheTimeout, CacheUnavailable, ConfigError
 from sidecar.read_batcher import ReadBatcher
-from sidecar.settings import Settings, _mask_url
+from sidecar.settings import Settings, mask_url
 from sidecar.store import Release, Subscription
 
 log = logging.getLogger("sidecar.cache")
@@ -247,7 +247,7 @@ class RedisStore:
             if not isinstance(exc.__cause__, AskError):  # MovedError is an AskError
                 raise
             raise ConfigError([
-                f"environment: REDIS_URL={_mask_url(self._settings.redis_url)!r} points at a "
+                f"environment: REDIS_URL={mask_url(self._settings.redis_url)!r} points at a "
                 "Redis Cluster node (it answers MOVED), where the cache could never work; "
                 "use redis+cluster://host:port[,host:port...]"]) from None
         return "standalone"
@@ -265,6 +265,8 @@ class RedisStore:
                     log.warning("cache backend down (%s): serving from upstream "
                                 "[backend=%s]", exc, self.name)
                 self._set_up(False)
+            except Exception:  # a bug here must not end the watching (or the process)
+                log.exception("cache backend watcher failed [backend=%s]", self.name)
             else:
                 if topology != self._topology:
                     log.info("cache backend topology: %s [backend=%s]", topology, self.name)

@@ -215,12 +215,12 @@ class Settings:
                 f"memory://, got scheme {redis_url.split(':', 1)[0]!r}"
             )
         elif not redis_url.startswith("memory://") and (problem := _redis_problem(redis_url)):
-            problems.append(f"environment: REDIS_URL={_mask_url(redis_url)!r} {problem} "
+            problems.append(f"environment: REDIS_URL={mask_url(redis_url)!r} {problem} "
                             f"(accepted: {_redis_form(redis_url)})")
         public_origin = _origin(env.get("SIDECAR_PUBLIC_ORIGIN", "").strip(), problems)
         upstream = text("UPSTREAM_URL", d.upstream_url).rstrip("/")
         if not upstream.startswith(("http://", "https://")) or not _upstream_ok(upstream):
-            problems.append(f"environment: UPSTREAM_URL={_mask_url(upstream)!r} is not an "
+            problems.append(f"environment: UPSTREAM_URL={mask_url(upstream)!r} is not an "
                             "http:// or https:// URL (accepted: http://host[:port], e.g. "
                             "http://127.0.0.1:8000)")
         settings = cls(
@@ -289,7 +289,7 @@ class Settings:
                         "encryption_key_previous"}:
                 value = "set" if value else "unset"
             elif name in {"redis_url", "upstream_url"}:
-                value = _mask_url(str(value))
+                value = mask_url(str(value))
             out[name] = value
         return out
 
@@ -367,7 +367,7 @@ def _upstream_ok(url: str) -> bool:
         return False
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
     """Hide a password in `redis://user:password@host` and in `?password=`."""
     scheme, sep, rest = url.partition("://")
     rest, qsep, query = rest.partition("?")
