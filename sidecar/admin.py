@@ -17,9 +17,9 @@ from functools import partial
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 
 from sidecar.bad_requests import server_logger
+from sidecar.errors import CacheUnavailable
 from sidecar.matching import SAFE_KEY
 from sidecar.runtime import RUNTIME, Runtime
 
@@ -44,11 +44,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready while serving; never tied to Redis, because the cache fails open."""
+    """Ready while serving; never tied to Redis, because the cache fails open.
+
+    `cache` names the backend while it is usable and says `degraded` while it is not
+    (the watcher's pings fail, or the breaker is open): requests then go upstream.
+    """
     rt = request.app[RUNTIME]
     if rt.draining:
         return _json(503, status="draining")
-    backend = "disabled" if rt.cache is None else rt.cache.store.name
+    backend = "disabled" if rt.cache is None else (
+        rt.cache.store.name if rt.cache.healthy else "degraded")
     return _json(200, status="ready", rules=rt.rules.digest, cache=backend,
                  breaker="n/a" if rt.cache is None else rt.cache.breaker.state,
                  coordination=rt.coordinator.state,
@@ -165,9 +170,9 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
     try:
         async with asyncio.timeout(PURGE_TIMEOUT):
             removed = await request.app[ERASE](scope, target)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (CacheUnavailable, OSError, TimeoutError) as exc:
         rt.metrics.purges.labels(scope, "error").inc()
-        _audit(request, who, scope, shown, f"error:{type(exc).__name__}", None)
+        _audit(request, who, scope, shown, f"error:{type(exc.__cause__ or exc).__name__}", None)
         return _json(503, error="cache_unavailable", message="the cache did not answer")
     if scope == "key":
         await rt.coordinator.announce((target,), None)

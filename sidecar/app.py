@@ -23,7 +23,8 @@ from sidecar.memory_store import MemoryStore
 from sidecar.metrics import Metrics
 from sidecar.near_cache import NearCache
 from sidecar.proxy import handle
-from sidecar.redis_store import RedisStore
+from sidecar.redis_ha import build_redis_store
+from sidecar.redis_url import parse_target
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
@@ -35,7 +36,8 @@ from sidecar.variants import CredentialHasher
 log = logging.getLogger("sidecar")
 
 
-def build_store(settings: Settings) -> CacheStore:
+def build_store(settings: Settings, service: str = "identity") -> CacheStore:
+    """The backend `REDIS_URL` names: memory, standalone Redis, Sentinel or Cluster."""
     if settings.redis_url.startswith("memory://"):
         return MemoryStore(settings.memory_max_bytes)
     tls: dict[str, Any] = {
@@ -45,8 +47,9 @@ def build_store(settings: Settings) -> CacheStore:
             ("ssl_keyfile", settings.redis_tls_key),
         ) if value
     }
-    secure = settings.redis_url.startswith("rediss://")
-    return RedisStore(settings, ssl_options=tls if secure else None)
+    store = build_redis_store(settings, parse_target(settings.redis_url), tls)
+    store.probe_prefix = service
+    return store
 
 
 def build_runtime(
@@ -57,7 +60,7 @@ def build_runtime(
     metrics = Metrics(telemetry.meter)
     # Built even with the cache off: the client connects lazily, and purge must work while
     # the cache is rolled back, so re-enabling it does not serve records changed meanwhile.
-    store = store or build_store(settings)
+    store = store or build_store(settings, rules.service)
     cache = invalidator = None
     if settings.cache_enabled:
         cache = GuardedStore(
@@ -71,21 +74,18 @@ def build_runtime(
         invalidator = Invalidator(cache, metrics)
     coordinator = Coordinator()
     near = None
-    if cache is not None and not isinstance(cache.store, RedisStore) and (
-            settings.near_max_bytes > 0):
-        # One process, no other replica to hear from: the tier is always in sync, and it
-        # spares memory:// hits the decode of the stored bytes.
+    if cache is not None and settings.near_max_bytes > 0:
         near = NearCache(settings.near_max_bytes, metrics.near_flushes.inc)
-        near.in_sync = True
-    if cache is not None and isinstance(cache.store, RedisStore):
-        # The near tier needs the invalidation channel, so it exists only beside Redis
-        # (memory:// is in-process already).
-        near = (NearCache(settings.near_max_bytes, metrics.near_flushes.inc)
-                if settings.near_max_bytes > 0 else None)
+        # One process, no other replica to hear from: the tier is always in sync, and it
+        # spares memory:// hits the decode of the stored bytes. Beside a shared store it is
+        # in sync only while the invalidation channel is subscribed (the coordinator).
+        near.in_sync = not store.shared
+    if cache is not None and store.shared:
         coordinator = RedisCoordinator(
-            cache, cache.store.client, cache.store.subscriber(), rules.service,
-            lease_seconds=settings.lease_seconds,
+            cache, store, rules.service, lease_seconds=settings.lease_seconds,
             wait_seconds=settings.lease_wait_seconds, near=near)
+        assert invalidator is not None
+        coordinator.on_remote_invalidation = invalidator.remote  # tickets, flights, near tier
     rt = Runtime(
         store=store, coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
@@ -99,8 +99,6 @@ def build_runtime(
         if near is not None:
             invalidator.on_invalidate.append(near.evict)
         invalidator.announce = coordinator.announce
-        if isinstance(coordinator, RedisCoordinator):
-            coordinator.on_remote_invalidation = invalidator.remote
     return rt
 
 
@@ -126,6 +124,8 @@ async def _drain(app: web.Application) -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
+    if rt.cache is not None:
+        await rt.store.start()  # ConfigError for redis:// at a cluster node: not started
     await rt.upstream.start()
     await rt.coordinator.start()
     yield

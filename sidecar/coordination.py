@@ -17,16 +17,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
+from sidecar.errors import CacheUnavailable
 from sidecar.guarded_store import GuardedStore
 from sidecar.near_cache import NearCache
+from sidecar.store import CacheStore, Release, lease_name
 
 log = logging.getLogger("sidecar.coordination")
-_RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-            "return redis.call('del', KEYS[1]) else return 0 end")
-_FAILURES = (RedisError, OSError, TimeoutError)
+_FAILURES = (CacheUnavailable, OSError, TimeoutError)
 HEARTBEAT = 1.0  # seconds between pings on the subscription
 PONG_DEADLINE = 2.0  # a pong later than this: the subscription is presumed dead
 
@@ -84,9 +81,9 @@ class Coordinator:
         """Tell the other replicas that this variant changed in the store."""
         return None
 
-    def release_commands(self, lease: Lease, key: str, field: str) -> list[tuple[str | int, ...]]:
-        """The release and its wake-up as raw commands, to ride along with the store."""
-        return []
+    def release_with(self, lease: Lease, key: str, field: str) -> Release | None:
+        """The release and its wake-up, to ride along with the store."""
+        return None
 
     async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
         """Tell the other replicas' near-caches that these entities changed."""
@@ -94,15 +91,21 @@ class Coordinator:
 
 
 class RedisCoordinator(Coordinator):
+    """Over any shared backend (standalone, Sentinel, Cluster): only the seam's calls.
+
+    The two channels are classic pub/sub (cluster-wide on a cluster, see `redis_ha.py`):
+    `<service>:cache-filled` wakes lease waiters and evicts one variant from the near tiers,
+    `<service>:invalidate` carries writes and purges to the other replicas.
+    """
+
     enabled = True
 
     def __init__(
-        self, cache: GuardedStore, client: Redis, subscriber: Redis, service: str,
+        self, cache: GuardedStore, store: CacheStore, service: str,
         lease_seconds: float, wait_seconds: float, near: NearCache | None = None,
     ) -> None:
         self.cache = cache
-        self.client = client
-        self.subscriber = subscriber
+        self.store = store
         self.near = near
         # Who sent a message: a replica does not evict what it has just stored itself.
         self.origin = secrets.token_hex(6)
@@ -128,11 +131,10 @@ class RedisCoordinator(Coordinator):
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
-        await self.subscriber.aclose()
 
     def _name(self, key: str, field: str) -> str:
-        entity = key.split(":", 1)[1]
-        return f"{self.service}:lease:{entity}:{hashlib.sha256(field.encode()).hexdigest()[:16]}"
+        """In the entity's slot (`{key}` hash tag): a cluster runs the release script there."""
+        return lease_name(key, hashlib.sha256(field.encode()).hexdigest()[:16])
 
     async def claim(self, key: str, field: str, prefix: str) -> Claim:
         """Try the lease. Nobody waits unless Redis is healthy and a wake-up can arrive."""
@@ -144,7 +146,7 @@ class RedisCoordinator(Coordinator):
         name, token = self._name(key, field), secrets.token_hex(8)
 
         async def acquire() -> bool | None:
-            return bool(await self.client.set(name, token, nx=True, px=self.lease_ms))
+            return await self.store.acquire(name, token, self.lease_ms)
 
         won = await self.cache.call("lease", prefix, acquire, None)
         if won is False:
@@ -178,23 +180,20 @@ class RedisCoordinator(Coordinator):
         token = lease.token
 
         async def release() -> None:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.eval(_RELEASE, 1, lease.name, token)
-                pipe.publish(self.channel, f"{key}\n{field}\n{self.origin}")
-                await pipe.execute()
+            await self.store.release(
+                Release(lease.name, token, self.channel, f"{key}\n{field}\n{self.origin}"))
 
         await self.cache.call("release", prefix, release, None)
 
-    def release_commands(self, lease: Lease, key: str, field: str) -> list[tuple[str | int, ...]]:
+    def release_with(self, lease: Lease, key: str, field: str) -> Release | None:
         if lease.token is None or lease.released:
-            return []
-        return [("EVAL", _RELEASE, 1, lease.name, lease.token),
-                ("PUBLISH", self.channel, f"{key}\n{field}\n{self.origin}")]
+            return None
+        return Release(lease.name, lease.token, self.channel, f"{key}\n{field}\n{self.origin}")
 
     async def filled(self, key: str, field: str, prefix: str) -> None:
         """A variant stored without a lease (coordination was down): still tell the others."""
         async def publish() -> None:
-            await self.client.publish(self.channel, f"{key}\n{field}\n{self.origin}")
+            await self.store.publish(self.channel, f"{key}\n{field}\n{self.origin}")
 
         await self.cache.call("publish", prefix, publish, None)
 
@@ -204,7 +203,7 @@ class RedisCoordinator(Coordinator):
         body = "\n".join(("P", prefix) if prefix is not None else ("K", *keys))
 
         async def publish() -> None:
-            await self.client.publish(self.invalidate_channel, f"{self.origin}\n{body}")
+            await self.store.publish(self.invalidate_channel, f"{self.origin}\n{body}")
 
         await self.cache.call("publish", "invalidation", publish, None)
 
@@ -219,14 +218,13 @@ class RedisCoordinator(Coordinator):
         """
         loop = asyncio.get_running_loop()
         while True:
-            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=False)
+            pubsub = self.store.subscription()
             confirmed = 0
             try:
                 await pubsub.subscribe(self.channel, self.invalidate_channel)
                 pinged, waiting_since = loop.time(), None
                 while True:
-                    message: dict[str, Any] | None = await pubsub.get_message(
-                        timeout=HEARTBEAT / 4)
+                    message: dict[str, Any] | None = await pubsub.get_message(HEARTBEAT / 4)
                     now = loop.time()
                     if waiting_since is not None and now - waiting_since > PONG_DEADLINE:
                         raise ConnectionError("pub/sub heartbeat unanswered")
@@ -252,7 +250,7 @@ class RedisCoordinator(Coordinator):
                 self._subscribed.clear()
                 self._in_sync(False)
                 with contextlib.suppress(*_FAILURES):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(1.0)
 
     def _in_sync(self, value: bool) -> None:

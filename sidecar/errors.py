@@ -6,7 +6,11 @@
     │   ├── UpstreamTimeout         (also asyncio.TimeoutError)  -> 504
     │   └── UpstreamUnavailable     refused, reset, DNS, protocol -> 502
     └── CacheUnavailable            Redis failed, timed out or the breaker is open;
-                                    never reaches a client: the request goes upstream
+        │                           never reaches a client: the request goes upstream
+        └── CacheTimeout            (also TimeoutError) the backend did not answer in time
+
+Backends raise only these: each translates its client's exceptions at its own boundary
+(`redis_store.mapped`), so nothing above `store.py` imports a Redis exception.
 """
 
 from __future__ import annotations
@@ -48,3 +52,7 @@ class UpstreamUnavailable(UpstreamError, ConnectionError):
 
 class CacheUnavailable(SidecarError):
     """A cache operation failed; the caller treats it as a miss."""
+
+
+class CacheTimeout(CacheUnavailable, TimeoutError):
+    """The backend did not answer within its budget (counted as `reason="timeout"`)."""

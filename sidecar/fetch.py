@@ -206,12 +206,12 @@ async def _fill(
             return Fetched(status, reason, out_headers, body, None, "invalidated")
         keep = match.rule.ttl + match.rule.stale.keep
         # The lease release and its wake-up ride in the store's round trip.
-        after = rt.coordinator.release_commands(lease, match.key, field) if lease else []
+        release = rt.coordinator.release_with(lease, match.key, field) if lease else None
         stored = await rt.cache.put(
             match.key, field, rt.codec.seal(match.key, field, entry.encode()), keep, prefix,
-            after,
+            release,
         )
-        if stored and after:
+        if stored and release is not None:
             assert lease is not None
             lease.released = True  # the caller's `finally` has nothing left to do
         if stored and ticket.poisoned:

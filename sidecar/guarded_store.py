@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
-
-from redis.exceptions import TimeoutError as RedisTimeout
 
 from sidecar.breaker import Breaker
 from sidecar.logs import RateLimitedWarning
 from sidecar.metrics import Metrics
-from sidecar.store import CacheStore
+from sidecar.store import CacheStore, Release
 
 T = TypeVar("T")
 log = logging.getLogger("sidecar.cache")
@@ -47,8 +45,16 @@ class GuardedStore:
         self._in_process = getattr(store, "in_process", False)
         self._gauge = -1
         self._up = metrics.backend_up.labels(store.name)
-        self._up.set(1)  # the breaker starts closed
+        self._up_gauge = -1
         self._timed_reads = getattr(store, "self_timed_reads", False)
+        if hasattr(store, "on_health"):  # a backend with a watcher reports its health
+            store.on_health = self._set_gauge
+        self._set_gauge()
+
+    @property
+    def healthy(self) -> bool:
+        """The backend is usable: its watcher says up and the breaker lets calls through."""
+        return self.store.up and self.breaker.closed
 
     async def call(
         self, operation: str, prefix: str, call: Callable[[], Awaitable[T]], default: T,
@@ -74,11 +80,14 @@ class GuardedStore:
         except Exception as exc:  # any backend failure is a miss, never an error
             self.breaker.failure()
             self._set_gauge()
-            reason = "timeout" if isinstance(exc, TimeoutError | RedisTimeout) else "error"
+            # Backends raise CacheUnavailable (CacheTimeout is also a TimeoutError), with
+            # the client's exception as the cause, whose name the warning shows.
+            reason = "timeout" if isinstance(exc, TimeoutError) else "error"
             self.metrics.cache_errors.labels(operation, reason).inc()
+            cause = type(exc.__cause__ or exc).__name__
             self._warn.warn(
                 f"{operation}-{reason}",
-                f"cache {operation} failed ({type(exc).__name__}); serving from upstream"
+                f"cache {operation} failed ({cause}); serving from upstream"
                 f" [backend={self.store.name}, breaker={self.breaker.state}]",
             )
             return default
@@ -92,16 +101,19 @@ class GuardedStore:
         if value != self._gauge:  # set on change only: a Gauge.set takes a lock
             self._gauge = value
             self.metrics.breaker_open.set(value)
-            self._up.set(1 - value)
+        up = 1 if value == 0 and self.store.up else 0
+        if up != self._up_gauge:
+            self._up_gauge = up
+            self._up.set(up)
 
     async def get(self, key: str, field: str, prefix: str) -> bytes | None:
         return await self.call("get", prefix, lambda: self.store.get(key, field), None,
                                timed=self._timed_reads)
 
     async def put(self, key: str, field: str, value: bytes, keep: int, prefix: str,
-                  after: Sequence[tuple[str | int, ...]] = ()) -> bool:
+                  release: Release | None = None) -> bool:
         async def put() -> bool:
-            await self.store.put(key, field, value, keep, after)
+            await self.store.put(key, field, value, keep, release)
             return True
         return await self.call("set", prefix, put, False)
 

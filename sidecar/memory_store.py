@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+
+from sidecar.store import Release, Subscription
 
 
 class MemoryStore:
     name = "memory"
     in_process = True  # never blocks on I/O: the guard needs no deadline around it
+    shared = False  # one process: no lease, no channel (single-flight covers it)
+    up = True
 
     def __init__(
         self, max_bytes: int, clock: Callable[[], float] = time.monotonic
@@ -46,7 +50,7 @@ class MemoryStore:
         return None if fields is None else fields.get(field)
 
     async def put(self, key: str, field: str, value: bytes, keep: int,
-                  after: Sequence[tuple[str | int, ...]] = ()) -> None:
+                  release: Release | None = None) -> None:
         size = len(field) + len(value)
         if size > self.max_bytes:
             return
@@ -79,6 +83,21 @@ class MemoryStore:
         """Seconds left for `key` (like Redis `TTL`), for tests and the admin API."""
         item = self._data.get(key)
         return None if item is None else item[0] - self._clock()
+
+    async def start(self) -> None:
+        return None
+
+    async def acquire(self, lease: str, token: str, ttl_ms: int) -> bool:
+        return True  # never asked: nothing is shared (see `shared`)
+
+    async def release(self, release: Release) -> None:
+        return None
+
+    async def publish(self, channel: str, message: str) -> None:
+        return None
+
+    def subscription(self) -> Subscription:
+        raise NotImplementedError("memory:// is not shared: there is nobody to hear from")
 
     async def ping(self) -> None:
         return None

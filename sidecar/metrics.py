@@ -113,8 +113,9 @@ class Metrics:
         self.config_info = Gauge("config_info", "The loaded rules file (hash label).",
                                  ["hash"], registry=r, multiprocess_mode="livemax")
         self.backend_up = Gauge(
-            "cache_backend_up", "1 while the cache backend is usable (breaker closed), 0 "
-            "while the breaker is open or probing; absent with the cache off.", ["backend"],
+            "cache_backend_up", "1 while the cache backend is usable (its health watcher says "
+            "up and the breaker is closed), 0 while requests are served from the upstream "
+            "alone (fail-open); absent with the cache off.", ["backend"],
             registry=r, multiprocess_mode="livemin")
         self.build_info = Gauge("sidecar_build_info", "The running sidecar's version.",
                                 ["version"], registry=r, multiprocess_mode="livemax")

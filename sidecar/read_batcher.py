@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import Redis
-
 _MAX_BATCH = 128
 
 
 class ReadBatcher:
-    def __init__(self, client: Redis, deadline: float) -> None:
+    def __init__(self, client: Any, deadline: float) -> None:
+        """`client`: a redis-py `Redis` or `RedisCluster` (both pipeline HGETs)."""
         self._client = client
         self._deadline = deadline
         self._pending: list[tuple[str, str, asyncio.Future[Any]]] = []

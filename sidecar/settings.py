@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sidecar.codec import parse_key
 from sidecar.errors import ConfigError
+from sidecar.redis_url import FORMS, parse_target
 
 # The rules shipped inside the package (a copy of config/routes.yaml), so the default
 # works from any directory; --config and SIDECAR_CONFIG win.
@@ -207,18 +208,19 @@ class Settings:
             problems.append("environment: CACHE_CREDENTIAL_HEADERS must keep Authorization "
                             "and Cookie (add headers, never remove those)")
         redis_url = text("REDIS_URL", d.redis_url)
-        if not redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
+        if not redis_url.startswith(REDIS_SCHEMES):
             problems.append(
-                f"environment: REDIS_URL must start with redis://, rediss://, unix:// or "
+                "environment: REDIS_URL must start with redis://, rediss://, unix://, "
+                "redis+cluster://, rediss+cluster://, redis+sentinel://, rediss+sentinel:// or "
                 f"memory://, got scheme {redis_url.split(':', 1)[0]!r}"
             )
         elif not redis_url.startswith("memory://") and (problem := _redis_problem(redis_url)):
-            problems.append(f"environment: REDIS_URL={_mask_url(redis_url)!r} {problem} "
-                            "(accepted: redis://[user:password@]host[:port][/db])")
+            problems.append(f"environment: REDIS_URL={mask_url(redis_url)!r} {problem} "
+                            f"(accepted: {_redis_form(redis_url)})")
         public_origin = _origin(env.get("SIDECAR_PUBLIC_ORIGIN", "").strip(), problems)
         upstream = text("UPSTREAM_URL", d.upstream_url).rstrip("/")
         if not upstream.startswith(("http://", "https://")) or not _upstream_ok(upstream):
-            problems.append(f"environment: UPSTREAM_URL={_mask_url(upstream)!r} is not an "
+            problems.append(f"environment: UPSTREAM_URL={mask_url(upstream)!r} is not an "
                             "http:// or https:// URL (accepted: http://host[:port], e.g. "
                             "http://127.0.0.1:8000)")
         settings = cls(
@@ -287,7 +289,7 @@ class Settings:
                         "encryption_key_previous"}:
                 value = "set" if value else "unset"
             elif name in {"redis_url", "upstream_url"}:
-                value = _mask_url(str(value))
+                value = mask_url(str(value))
             out[name] = value
         return out
 
@@ -324,10 +326,28 @@ def _bind_problem(host: str) -> str | None:
     return None
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "redis+cluster://",
+                 "rediss+cluster://", "redis+sentinel://", "rediss+sentinel://")
+
+
+def _redis_form(url: str) -> str:
+    """The accepted form for the URL's scheme, shown with its problem."""
+    scheme = url.split("://", 1)[0].lower()
+    kind = "cluster" if scheme.endswith("+cluster") else (
+        "sentinel" if scheme.endswith("+sentinel") else "")
+    return FORMS.get(kind, "redis://[user:password@]host[:port][/db]")
+
+
 def _redis_problem(url: str) -> str | None:
-    """What redis-py's own URL parser (the one the store uses) says about `url`."""
+    """What the parser the backend uses (redis-py's, or `redis_url` for HA) says about `url`."""
     from redis.asyncio.connection import parse_url  # only when Redis is configured
 
+    if "+" in url.split("://", 1)[0]:
+        try:
+            parse_target(url)
+        except ValueError as exc:
+            return str(exc)
+        return None
     try:
         options = parse_url(url)
     except (ValueError, TypeError) as exc:
@@ -347,7 +367,7 @@ def _upstream_ok(url: str) -> bool:
         return False
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
     """Hide a password in `redis://user:password@host` and in `?password=`."""
     scheme, sep, rest = url.partition("://")
     rest, qsep, query = rest.partition("?")

@@ -81,7 +81,7 @@ async def test_lease_holder_that_never_fills_lets_others_fetch(
     field = variant_field(stack.rt.hasher.fingerprint(
         CIMultiDictProxy(CIMultiDict({"Authorization": TOKEN_A}))), frozenset(), ())
     lease = coordinator._name("identity:patient:42", field)
-    assert lease.startswith("identity:lease:patient:42:")
+    assert lease.startswith("{identity:patient:42}:lease:")  # the entity's slot on a cluster
     await redis_client.set(lease, "dead", px=int(PATIENCE * 1000))
     reply = await stack.proxy.get(PATIENT)
     assert reply.status == 200 and reply.x_cache == "MISS"
