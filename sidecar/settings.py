@@ -223,6 +223,12 @@ class Settings:
             problems.append(f"environment: UPSTREAM_URL={mask_url(upstream)!r} is not an "
                             "http:// or https:// URL (accepted: http://host[:port], e.g. "
                             "http://127.0.0.1:8000)")
+        elif _has_credentials(upstream):
+            # aiohttp refuses a URL's credentials next to an Authorization header, which
+            # every authenticated caller's request carries: each would fail.
+            problems.append(f"environment: UPSTREAM_URL={mask_url(upstream)!r} carries "
+                            "credentials; the callers' own Authorization goes upstream "
+                            "(accepted: http://host[:port] without user:password@)")
         settings = cls(
             upstream_url=upstream,
             redis_url=redis_url,
@@ -365,6 +371,13 @@ def _upstream_ok(url: str) -> bool:
         return bool(parsed.host) and (parsed.port is None or 0 < parsed.port < 65536)
     except ValueError:
         return False
+
+
+def _has_credentials(url: str) -> bool:
+    from yarl import URL
+
+    parsed = URL(url)
+    return parsed.user is not None or parsed.password is not None
 
 
 def mask_url(url: str) -> str:

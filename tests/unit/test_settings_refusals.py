@@ -21,7 +21,8 @@ SIXTEEN_BYTES = "AAAAAAAAAAAAAAAAAAAAAA=="
 # Free text: any value is accepted (a secret or a token is opaque to the sidecar).
 FREE_TEXT = {"CACHE_KEY_SECRET", "SIDECAR_ADMIN_TOKEN"}
 BAD: dict[str, list[str]] = {
-    "UPSTREAM_URL": ["identity:8000", "http://", "http://host:99999"],
+    "UPSTREAM_URL": ["identity:8000", "http://", "http://host:99999",
+                     "http://svc:secret@identity:8000"],
     "REDIS_URL": ["http://cache:6379", "redis://cache:port/0"],
     "SIDECAR_HOST": ["no-such-host.invalid", "300.1.1.1"],
     "SIDECAR_PORT": ["eighty", "70000", "0", "8080.5", "-1", "nan"],
