@@ -331,8 +331,18 @@ def top_frames(raw: Path, count: int = 22) -> list[tuple[str, float]]:
             if not k.startswith(skip)][:count] if total else []
 
 
+def rss_mib(pids: list[int]) -> float:
+    """Resident memory of these processes now (VmRSS), in MiB."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def report(results: dict[tuple[str, int], Run], rounds: int, args: argparse.Namespace,
-           extra: list[str]) -> str:
+           extra: list[str], rss: dict[str, float]) -> str:
     def row(s: Scenario) -> str:
         r = results[(s.name, s.conns)]
         hello = results[("bare aiohttp hello", s.conns)]
@@ -362,6 +372,9 @@ def report(results: dict[tuple[str, int], Run], rounds: int, args: argparse.Name
         f"{get(TWO_WORKERS, 64).rps / near64.rps:.2f}** (wrk shares CPU 1 with the second)",
         f"- memory hit p50 at c1 / bare aiohttp p50: **"
         f"{get('sidecar memory:// hit', 1).p50 / get('bare aiohttp hello', 1).p50:.2f}**",
+        f"- RSS after the runs, {HOT_KEYS:,} hot keys: near tier on **"
+        f"{rss['sidecar-near']:.0f} MiB**, `memory://` {rss['sidecar-memory']:.0f} MiB, "
+        f"Redis only {rss['sidecar-redis']:.0f} MiB",
     ]
     return "\n".join([
         "# Sidecar benchmark", "",
@@ -423,11 +436,13 @@ def main() -> None:
                     runs.setdefault((s.name, s.conns), []).append(run)
                     print(f"# round {round_no + 1} {s.name} c{s.conns}: {run.rps:,.0f} req/s "
                           f"p50 {run.p50:.3f} ms, other {run.other_cpu:.0f}%", file=sys.stderr)
+            rss = {name: rss_mib(servers[name].cpu_pids) for name in (
+                "sidecar-memory", "sidecar-near", "sidecar-redis")}
             lines = profile(bench, servers, scripts, 8) if args.profile else []
             if lines:
                 lines = ["## Where the CPU goes (py-spy, this run)", "", *lines]
             text = report({k: median_run(v) for k, v in runs.items()}, args.rounds, args,
-                          lines)
+                          lines, rss)
         finally:
             bench.stop_all()
     print(text)

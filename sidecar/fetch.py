@@ -21,7 +21,12 @@ from sidecar.coordination import Lease
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.freshness import Lifetime, lifetime
-from sidecar.headers import COMPUTED_PER_ANSWER, client_headers, has_undecodable_value
+from sidecar.headers import (
+    COMPUTED_PER_ANSWER,
+    client_headers,
+    has_undecodable_value,
+    has_unsendable_value,
+)
 from sidecar.logs import RateLimitedWarning
 from sidecar.lookup import lookup
 from sidecar.matching import Match
@@ -33,7 +38,8 @@ from sidecar.upstream_framing import overflowed
 
 OVERSIZED = "too-large"
 _warn = RateLimitedWarning(logging.getLogger("sidecar.upstream"), 10.0)
-_AGE = re.compile(r"[0-9]{1,10}", re.ASCII)
+_AGE = re.compile(r"[0-9]+", re.ASCII)
+_AGE_CAP = 2**31  # RFC 9111 §1.2.2: a larger delta-seconds is read as this
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,10 @@ def _from_replica(entry: Entry) -> Fetched:
 
 def _age(value: str | None) -> int:
     """The upstream's `Age` (RFC 9111 §5.1), or 0 when absent or not a sane number."""
-    return int(value) if value is not None and _AGE.fullmatch(value.strip()) else 0
+    if value is None or not _AGE.fullmatch(value.strip()):
+        return 0
+    digits = value.strip().lstrip("0")
+    return _AGE_CAP if len(digits) > 10 else min(int(digits or "0"), _AGE_CAP)
 
 
 def strong_etag(body: bytes) -> str:
@@ -109,7 +118,7 @@ async def _fetch_upstream(
         headers.extend(validators)
     try:
         return await _fill(rt, match, field, raw_target, headers, relay, lease,
-                           stale if validators else None)
+                           stale if validators else None, had_copy=stale is not None)
     except Exception:  # an upstream failure (a cancellation is not one)
         if validators:
             rt.metrics.revalidations.labels(match.rule.key_prefix, "error").inc()
@@ -118,8 +127,14 @@ async def _fetch_upstream(
 
 async def _fill(
     rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
-    relay: bool, lease: Lease | None, stale: Entry | None,
+    relay: bool, lease: Lease | None, stale: Entry | None, *, had_copy: bool = False,
 ) -> Fetched:
+    """One upstream GET (conditional when `stale` is given) and its storing.
+
+    `had_copy`: an expired copy of this variant exists; a final answer that replaces it
+    without being stored (a 404, a 200 with no-store...) erases it, so it is never served
+    again as stale.
+    """
     assert rt.invalidator is not None and rt.cache is not None
     cap = rt.settings.max_body_bytes
     start = time.perf_counter()
@@ -139,9 +154,22 @@ async def _fill(
         except TimeoutError:
             raise UpstreamTimeout("upstream fill exceeded UPSTREAM_FILL_TIMEOUT_S") from None
         prefix = match.rule.key_prefix
+        status_read = read.status if isinstance(read, Fetched) else read[0] if read else 0
+        if stale is None and status_read == 304:
+            # Only a conditional request may be answered 304, and this fill sent none.
+            _release(read)
+            raise UpstreamUnavailable("upstream answered 304 to an unconditional GET")
         if isinstance(read, Fetched):
             if stale is not None:
                 rt.metrics.revalidations.labels(prefix, _result(read.status)).inc()
+                if read.status == 304:
+                    # Confirmed, but the 304 itself is unusable (bad header, overflow...):
+                    # the caller gets the stored body, and nothing is updated.
+                    _release(read)
+                    return Fetched(stale.status, "OK", CIMultiDict(stale.headers), stale.body,
+                                   None, read.not_stored, revalidated=True)
+            if had_copy and _supersedes(read.status):
+                await _erase_copy(rt, match, field)
             return read
         assert read is not None
         status, reason, received, out_headers, body = read
@@ -163,22 +191,19 @@ async def _fill(
                 revalidated = True
                 if not_stored is not None:
                     # The origin no longer lets it be stored: the stored copy goes too.
-                    if rt.near is not None:
-                        rt.near.evict_field(match.key, field)
-                    await rt.cache.drop_field(match.key, field, prefix)
+                    await _erase_copy(rt, match, field)
                     return Fetched(status, reason, out_headers, body, None, not_stored,
                                    revalidated=True)
         if status in (401, 403):
             # The caller's credentials no longer open this entity: drop their stale copy,
             # here and in every replica's near tier.
-            if rt.near is not None:
-                rt.near.evict_field(match.key, field)
-            await rt.cache.drop_field(match.key, field, prefix)
-            await rt.coordinator.filled(match.key, field, prefix)
+            await _erase_copy(rt, match, field)
         # Judged on the headers as received: a `Connection: Set-Cookie` must not hide one.
         not_stored = response_not_storable_reason(
             status, raw_headers, honours_origin=match.rule.honours_origin)
         if not_stored is not None:
+            if had_copy and _supersedes(status) and status not in (401, 403):
+                await _erase_copy(rt, match, field)  # gone, or no longer storable
             return Fetched(status, reason, out_headers, body, None, not_stored)
         if "ETag" not in out_headers:
             out_headers["ETag"] = strong_etag(body)
@@ -250,6 +275,27 @@ def _origin_lifetime(
     return life
 
 
+def _supersedes(status: int) -> bool:
+    """A final answer that replaces a stored copy: not an error that may pass (5xx,
+    408, 429), and not a 304 (which confirms it)."""
+    return status < 500 and status not in (304, 408, 429)
+
+
+async def _erase_copy(rt: Runtime, match: Match, field: str) -> None:
+    """This variant's stored copy is wrong now: out of Redis and every near tier."""
+    assert rt.cache is not None
+    prefix = match.rule.key_prefix
+    if rt.near is not None:
+        rt.near.evict_field(match.key, field)
+    await rt.cache.drop_field(match.key, field, prefix)
+    await rt.coordinator.filled(match.key, field, prefix)
+
+
+def _release(read: Fetched | _Read | None) -> None:
+    if isinstance(read, Fetched) and read.handover is not None:
+        read.handover.release()
+
+
 def _result(status: int) -> str:
     """The revalidations metric's bounded result label."""
     return "304" if status == 304 else "200" if status == 200 else "error" if status >= 500 \
@@ -271,6 +317,8 @@ async def _read(
     rt.metrics.upstream.labels(match.rule.name).observe(time.perf_counter() - start)
     if not 200 <= up.status <= 599:
         raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
+    if has_unsendable_value(up.headers):  # aiohttp would refuse to send the answer
+        raise UpstreamUnavailable("upstream sent a header a proxy cannot relay")
     out_headers = client_headers(up.headers)
     declared = up.headers.get("Content-Length", "")
     body = b""

@@ -16,7 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from sidecar.headers import client_headers, upstream_request_headers
+from sidecar.headers import client_headers, has_unsendable_value, upstream_request_headers
 from sidecar.logs import RateLimitedWarning
 from sidecar.responses import BYPASS, cache_status, error, label
 from sidecar.runtime import RUNTIME, Runtime
@@ -68,6 +68,8 @@ async def forward(
                 await on_headers(up.status)
             if not 200 <= up.status <= 599:
                 raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
+            if has_unsendable_value(up.headers):
+                raise UpstreamUnavailable("upstream sent a header a proxy cannot relay")
             return await relay(request, up, x_cache, detail)
     except UpstreamError as exc:
         sent = not isinstance(exc, UpstreamUnavailable) or exc.sent

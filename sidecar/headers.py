@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from multidict import CIMultiDict, CIMultiDictProxy
 
 X_CACHE = "X-Cache"
@@ -91,6 +93,16 @@ def has_token(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str, toke
             if part.split("=", 1)[0].strip().lower() == token:
                 return True
     return False
+
+
+# What aiohttp's writer refuses to send (`http_writer._FORBIDDEN_HEADER_CHARS_RE`): control
+# characters other than TAB. A lenient upstream parser lets them in.
+UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def has_unsendable_value(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    """Whether a response header holds a character no HTTP/1.1 answer may carry."""
+    return any(UNSENDABLE.search(k) or UNSENDABLE.search(v) for k, v in headers.items())
 
 
 def has_undecodable_value(headers: CIMultiDictProxy[str]) -> bool:

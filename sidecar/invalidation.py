@@ -48,6 +48,13 @@ class Invalidator:
         self._background: set[asyncio.Task[None]] = set()
         # Told of every invalidation, so single-flight stops handing out older fetches.
         self.on_invalidate: list[Callable[[tuple[str, ...], str | None], None]] = []
+        # Counts invalidations (local and remote); `_written` remembers, per entity (and per
+        # `prefix:`), the count at its last one, so a request can ask whether its entity
+        # was written since it read a copy. Bounded: past MAX_PENDING entries it restarts
+        # from a floor that answers "maybe" for anything older.
+        self.generation = 0
+        self._written: dict[str, int] = {}
+        self._floor = 0
         # Tells the other replicas (their near-caches) once the store has been told.
         self.announce: Callable[[tuple[str, ...], str | None], Awaitable[None]] | None = None
 
@@ -71,12 +78,27 @@ class Invalidator:
 
     def poison(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
         """In-flight fetches of these keys (or under `prefix:`) must not store."""
+        self.generation += 1
+        if len(self._written) > MAX_PENDING:
+            self._written.clear()
+            self._floor = self.generation
+        for key in keys:
+            self._written[key] = self.generation
+        if prefix is not None:
+            self._written[prefix + ":"] = self.generation
         for hook in self.on_invalidate:
             hook(keys, prefix)
         for key, tickets in self._active.items():
             if key in keys or (prefix is not None and key.startswith(prefix + ":")):
                 for ticket in tickets:
                     ticket.poisoned = True
+
+    def written_since(self, key: str, generation: int) -> bool:
+        """Whether `key` may have been invalidated after `generation` was read."""
+        if generation < self._floor:
+            return True
+        return (self._written.get(key, 0) > generation
+                or self._written.get(key.rpartition(":")[0] + ":", 0) > generation)
 
     def stored(self, key: str) -> None:
         """A fill of `key` reached the store (called after a successful put)."""

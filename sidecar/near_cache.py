@@ -32,7 +32,8 @@ _OVERHEAD = 256  # bytes per entry beyond body and headers: objects, dict slots
 
 
 def entry_size(entry: Entry) -> int:
-    return len(entry.body) + sum(len(k) + len(v) for k, v in entry.headers) + _OVERHEAD
+    # Headers twice: as stored and as the serialised block a wire hit sends (wire.py).
+    return len(entry.body) + 2 * sum(len(k) + len(v) + 4 for k, v in entry.headers) + _OVERHEAD
 
 
 class NearCache:
@@ -70,13 +71,17 @@ class NearCache:
         return entry
 
     def put(self, key: str, field: str, entry: Entry, keep: int, epoch: int) -> None:
-        """Insert what Redis holds now; `epoch` is `self.epoch` from before it was read."""
-        if not self.enabled or epoch != self.epoch:
-            return
-        size = entry_size(entry)
-        if size > self.max_bytes // 8:  # one entry must not flush the rest
+        """Insert what Redis holds now; `epoch` is `self.epoch` from before it was read.
+
+        When it cannot be inserted (an eviction arrived meanwhile, or it is too big), the
+        slot's older entry goes anyway: what was just read or stored supersedes it.
+        """
+        if not self.enabled:
             return
         self._drop((key, field))
+        size = entry_size(entry)
+        if epoch != self.epoch or size > self.max_bytes // 8:  # one entry must not flush the rest
+            return
         self._entries[(key, field)] = (entry, entry.stored_at + keep, size)
         self._fields.setdefault(key, set()).add(field)
         self._bytes += size

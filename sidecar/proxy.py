@@ -137,6 +137,8 @@ async def _cached(
     head = request.method == "HEAD"
     refresh = wants_refresh(headers)
     terms = asked(headers) if rule.honours_origin else PLAIN  # RFC 9111 §5.2.1
+    assert rt.invalidator is not None
+    seen = rt.invalidator.generation  # a later write makes the copy read here unservable
     entry = None if refresh else await lookup(rt, match, field)
     if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
         entry = None
@@ -175,7 +177,7 @@ async def _cached(
     if terms.only_if_cached:  # RFC 9111 §5.2.1.7: nothing usable, and no upstream asked
         return error(504, "not_cached", "No stored response satisfies only-if-cached.", MISS,
                      "only-if-cached")
-    return await _miss(request, rt, match, field, entry, refresh, outcome)
+    return await _miss(request, rt, match, field, entry, refresh, outcome, seen)
 
 
 def _window(origin: int | None, rule_window: int, stale_max: int) -> int:
@@ -190,8 +192,12 @@ def _conditional(request: web.Request, entry: Entry) -> bool:
                         entry.header("Last-Modified") or entry.header("Date"))
 
 
-def _stale_if_error(entry: Entry | None, match: Match, now: float) -> bool:
-    if entry is None:
+def _stale_if_error(rt: Runtime, entry: Entry | None, match: Match, now: float, seen: int
+                    ) -> bool:
+    """The copy may stand in for a failed upstream: in its window, and not written since
+    it was read (a write or DELETE through the sidecar meanwhile makes it wrong)."""
+    assert rt.invalidator is not None
+    if entry is None or rt.invalidator.written_since(match.key, seen):
         return False
     stale = match.rule.stale
     return -entry.remaining(now, match.rule.ttl) <= _window(entry.if_error, stale.if_error,
@@ -200,7 +206,7 @@ def _stale_if_error(entry: Entry | None, match: Match, now: float) -> bool:
 
 async def _miss(
     request: web.Request, rt: Runtime, match: Match, field: str, stale: Entry | None,
-    refresh: bool, outcome: Outcome,
+    refresh: bool, outcome: Outcome, seen: int,
 ) -> web.StreamResponse:
     rule, prefix = match.rule, match.rule.key_prefix
     upstream_headers = forwarded_headers(request, strip_conditionals=True)
@@ -219,11 +225,13 @@ async def _miss(
         return await forward(request, rt, rule=rule.name, x_cache=MISS, detail="uncached")
     except UpstreamError as exc:
         now = rt.clock()
-        if stale is not None and _stale_if_error(stale, match, now):
+        if _stale_if_error(rt, stale, match, now, seen):
+            assert stale is not None
             return _serve_stale_on_error(request, rt, match, stale, now, outcome)
         return upstream_failure(rt, rule.name, exc, MISS)
     now = rt.clock()
-    if result.status >= 500 and stale is not None and _stale_if_error(stale, match, now):
+    if result.status >= 500 and _stale_if_error(rt, stale, match, now, seen):
+        assert stale is not None
         return _serve_stale_on_error(request, rt, match, stale, now, outcome)
     if result.oversized and leader:
         rt.metrics.not_stored.labels(prefix, OVERSIZED).inc()

@@ -5,9 +5,10 @@ multidict, checking and serialising it and walking the payload writer for a body
 already holds whole. The stored headers are serialised once per entry (cached on it); each
 answer adds only its status line, `Age`, `X-Cache`, `Cache-Status` and `Content-Length`.
 
-The bytes are those aiohttp would send for the same `web.Response`: the same defaults
-(`Content-Type` for a body, `Server`), the same refusal of CR/LF in header values (such an
-entry takes the ordinary path, where aiohttp refuses it as it always has). Only the plain
+The headers are those aiohttp would send for the same `web.Response`: the same defaults
+(`Content-Type` for a body, `Server`; placed before `Age` rather than after
+`Content-Length`, the one difference), the same refusal of control characters (such an
+entry takes the ordinary path; fills refuse them anyway). Only the plain
 case comes here: HTTP/1.1 keep-alive GET with a full body. HEAD, 304, HTTP/1.0 and
 `Connection: close` keep the ordinary path.
 """
@@ -21,11 +22,17 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_writer import HttpVersion11
 
 from sidecar.entry import Entry
-from sidecar.headers import AGE, CACHE_STATUS, COMPUTED_PER_ANSWER, HOP_BY_HOP, X_CACHE
+from sidecar.headers import (
+    AGE,
+    CACHE_STATUS,
+    COMPUTED_PER_ANSWER,
+    HOP_BY_HOP,
+    UNSENDABLE,
+    X_CACHE,
+)
 
 # aiohttp's StreamWriter drains above this many buffered bytes; so does a wire answer.
 _DRAIN_ABOVE = 2**16
-_FORBIDDEN = ("\r", "\n", "\x00")
 _REASONS = {int(s): s.phrase for s in HTTPStatus}
 # Names the answer computes, or that change framing: an entry holding one (none written
 # today does) takes the ordinary path rather than send two of them.
@@ -56,7 +63,7 @@ def _serialise(entry: Entry) -> bytes:
     lines = []
     names = set()
     for name, value in entry.headers:
-        if any(c in name or c in value for c in _FORBIDDEN):
+        if UNSENDABLE.search(name) or UNSENDABLE.search(value):
             return b""  # the ordinary path refuses it, as aiohttp does
         if name.lower() in _NOT_REPLAYED:
             return b""
