@@ -18,6 +18,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.coordination import Lease
+from sidecar.decisions import supersedes
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.freshness import Lifetime, lifetime
@@ -168,7 +169,7 @@ async def _fill(
                     _release(read)
                     return Fetched(stale.status, "OK", CIMultiDict(stale.headers), stale.body,
                                    None, read.not_stored, revalidated=True)
-            if had_copy and _supersedes(read.status):
+            if had_copy and supersedes(read.status):
                 await _erase_copy(rt, match, field)
             return read
         assert read is not None
@@ -202,7 +203,7 @@ async def _fill(
         not_stored = response_not_storable_reason(
             status, raw_headers, honours_origin=match.rule.honours_origin)
         if not_stored is not None:
-            if had_copy and _supersedes(status) and status not in (401, 403):
+            if had_copy and supersedes(status) and status not in (401, 403):
                 await _erase_copy(rt, match, field)  # gone, or no longer storable
             return Fetched(status, reason, out_headers, body, None, not_stored)
         if "ETag" not in out_headers:
@@ -273,12 +274,6 @@ def _origin_lifetime(
     if life.fresh <= age and not has_validator(headers):
         return "no-freshness"
     return life
-
-
-def _supersedes(status: int) -> bool:
-    """A final answer that replaces a stored copy: not an error that may pass (5xx,
-    408, 429), and not a 304 (which confirms it)."""
-    return status < 500 and status not in (304, 408, 429)
 
 
 async def _erase_copy(rt: Runtime, match: Match, field: str) -> None:

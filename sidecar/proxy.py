@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
+from sidecar.decisions import Fresh, ServeStale, on_lookup, stale_if_error
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
 from sidecar.fetch import OVERSIZED, Fetched, fetch
@@ -143,46 +144,37 @@ async def _cached(
     if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
         entry = None
     now = rt.clock()
-    if entry is not None:
-        remaining = entry.remaining(now, rule.ttl)  # the current rule's TTL (hot reload)
-        verdict = terms.accepts(entry.age(now), remaining, entry.must_revalidate)
-        if verdict == "fresh":
-            rt.metrics.hit(prefix)
-            outcome.cache = HIT
-            return replay(entry, now=now, head=head, x_cache=HIT,
-                          status=cache_status("hit", f"ttl={int(remaining)}"),
-                          not_modified=_conditional(request, entry), plain=eligible(request))
-        if verdict == "stale":  # the caller's max-stale accepts it; no refresh for that
-            rt.metrics.hit(prefix)
+    looked = on_lookup(entry, now=now, ttl=rule.ttl, stale=rule.stale, terms=terms,
+                       plain=terms is PLAIN, draining=rt.draining)
+    if isinstance(looked, Fresh):
+        assert entry is not None
+        rt.metrics.hit(prefix)
+        outcome.cache = HIT
+        return replay(entry, now=now, head=head, x_cache=HIT,
+                      status=cache_status("hit", f"ttl={int(looked.remaining)}"),
+                      not_modified=_conditional(request, entry), plain=eligible(request))
+    if isinstance(looked, ServeStale):
+        assert entry is not None
+        rt.metrics.hit(prefix)
+        outcome.cache = STALE
+        if not looked.refresh:  # the caller's max-stale accepts it; no refresh for that
             rt.metrics.stale.labels(prefix, "max-stale").inc()
-            outcome.cache = STALE
-            return replay(entry, now=now, head=head, x_cache=STALE,
-                          status=cache_status("hit", "fwd=stale", "detail=max-stale"),
-                          not_modified=_conditional(request, entry), plain=eligible(request))
-        if (terms is PLAIN and remaining <= 0 and not rt.draining
-                and -remaining <= _window(entry.while_revalidate, rule.stale.while_revalidate,
-                                          rule.stale.max)):
+            status = cache_status("hit", "fwd=stale", "detail=max-stale")
+        else:
             upstream_headers = forwarded_headers(request, strip_conditionals=True)
             rt.flights.background(
                 (match.key, field),
                 lambda: fetch(rt, match, field, request.raw_path, upstream_headers, stale=entry))
-            rt.metrics.hit(prefix)
             rt.metrics.stale.labels(prefix, "revalidating").inc()
-            outcome.cache = STALE
-            return replay(entry, now=now, head=head, x_cache=STALE,
-                          status=cache_status("hit", "fwd=stale", f"ttl={int(remaining)}"),
-                          not_modified=_conditional(request, entry), plain=eligible(request))
+            status = cache_status("hit", "fwd=stale", f"ttl={int(looked.remaining)}")
+        return replay(entry, now=now, head=head, x_cache=STALE, status=status,
+                      not_modified=_conditional(request, entry), plain=eligible(request))
     rt.metrics.miss(prefix)
     outcome.cache = MISS
     if terms.only_if_cached:  # RFC 9111 §5.2.1.7: nothing usable, and no upstream asked
         return error(504, "not_cached", "No stored response satisfies only-if-cached.", MISS,
                      "only-if-cached")
-    return await _miss(request, rt, match, field, entry, refresh, outcome, seen)
-
-
-def _window(origin: int | None, rule_window: int, stale_max: int) -> int:
-    """A stale window: the origin's (`mode: rfc9111`, already capped) or the rule's."""
-    return min(rule_window, stale_max) if origin is None else origin
+    return await _miss(request, rt, match, field, looked.stale, refresh, outcome, seen)
 
 
 def _conditional(request: web.Request, entry: Entry) -> bool:
@@ -197,11 +189,8 @@ def _stale_if_error(rt: Runtime, entry: Entry | None, match: Match, now: float, 
     """The copy may stand in for a failed upstream: in its window, and not written since
     it was read (a write or DELETE through the sidecar meanwhile makes it wrong)."""
     assert rt.invalidator is not None
-    if entry is None or rt.invalidator.written_since(match.key, seen):
-        return False
-    stale = match.rule.stale
-    return -entry.remaining(now, match.rule.ttl) <= _window(entry.if_error, stale.if_error,
-                                                             stale.max)
+    return stale_if_error(entry, now=now, ttl=match.rule.ttl, stale=match.rule.stale,
+                          written=rt.invalidator.written_since(match.key, seen))
 
 
 async def _miss(
