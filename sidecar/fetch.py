@@ -11,7 +11,6 @@ import hashlib
 import logging
 import re
 import time
-from dataclasses import dataclass
 from email.utils import formatdate
 
 import aiohttp
@@ -21,6 +20,7 @@ from sidecar.coordination import Lease
 from sidecar.decisions import supersedes
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.fetched import Fetched, Handover
 from sidecar.freshness import Lifetime, lifetime
 from sidecar.headers import (
     COMPUTED_PER_ANSWER,
@@ -42,19 +42,6 @@ _warn = RateLimitedWarning(logging.getLogger("sidecar.upstream"), 10.0)
 _AGE = re.compile(r"[0-9]+", re.ASCII)
 _AGE_CAP = 2**31  # RFC 9111 §1.2.2: a larger delta-seconds is read as this
 
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    status: int
-    reason: str | None
-    headers: CIMultiDict[str]  # end-to-end headers of this exchange
-    body: bytes
-    entry: Entry | None  # the storable form, when the response may be stored/shared
-    not_stored: str | None  # why it was not stored (RFC 9211 detail), or None
-    oversized: bool = False
-    replica: bool = False  # filled by another replica while this one waited
-    handover: Handover | None = None  # oversized: the rest of the body, for the leader
-    revalidated: bool = False  # a 304 confirmed the stale entry; its body is the stored one
 
 
 def _from_replica(entry: Entry) -> Fetched:
@@ -344,26 +331,3 @@ def _unframed(up: aiohttp.ClientResponse) -> bool:
     if up.status in (204, 304) or up.method == "HEAD" or "Content-Length" in up.headers:
         return False
     return "chunked" not in up.headers.get("Transfer-Encoding", "").lower()
-
-
-class Handover:
-    """An upstream response, still open, passed from the fill to the caller that leads it.
-
-    Released if nobody takes it soon (the leader went away), so a connection never leaks.
-    """
-
-    __slots__ = ("_response", "_timer")
-
-    def __init__(self, response: aiohttp.ClientResponse, unclaimed_after: float = 5.0) -> None:
-        self._response: aiohttp.ClientResponse | None = response
-        self._timer = asyncio.get_running_loop().call_later(unclaimed_after, self.release)
-
-    def take(self) -> aiohttp.ClientResponse | None:
-        response, self._response = self._response, None
-        self._timer.cancel()
-        return response
-
-    def release(self) -> None:
-        response = self.take()
-        if response is not None:
-            response.release()

@@ -20,7 +20,8 @@ from opentelemetry.trace import SpanKind
 from sidecar.decisions import Fresh, ServeStale, on_lookup, stale_if_error
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
-from sidecar.fetch import OVERSIZED, Fetched, fetch
+from sidecar.fetch import OVERSIZED, fetch
+from sidecar.fetched import Fetched
 from sidecar.forward import forward, forwarded_headers, relay, upstream_failure
 from sidecar.freshness import PLAIN, asked
 from sidecar.headers import has_undecodable_value

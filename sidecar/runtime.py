@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from sidecar.access_log import AccessLog
 from sidecar.codec import Codec
 from sidecar.coordination import Coordinator
+from sidecar.fetched import Fetched
 from sidecar.flights import Flights
 from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
@@ -23,9 +23,6 @@ from sidecar.store import CacheStore
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import Upstream
 from sidecar.variants import CredentialHasher
-
-if TYPE_CHECKING:
-    from sidecar.fetch import Fetched
 
 
 @dataclass(eq=False)
