@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from sidecar.entry import Entry
-from sidecar.freshness import Asked
-from sidecar.rules import Stale
+from sidecar.freshness import Asked, Lifetime, lifetime
+from sidecar.policy import response_not_storable_reason
+from sidecar.revalidation import has_validator, refreshed_headers
+from sidecar.rules import Rule, Stale
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +90,79 @@ def supersedes(status: int) -> bool:
     said something new), so a copy it does not replace in the store must be erased: not
     an error that may pass (5xx, 408, 429), and not a 304, which confirms the copy."""
     return status < 500 and status not in (304, 408, 429)
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """RFC 9111 §3: keep it. `life`: the origin's terms (`mode: rfc9111`), else None and
+    the rule's TTL is the policy."""
+
+    life: Lifetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotStored:
+    """RFC 9111 §3 (or the rule) forbids keeping it; `reason` is the RFC 9211 detail.
+    `erase`: the copy already stored for this variant is wrong now, too."""
+
+    reason: str
+    erase: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """RFC 9111 §4.3.4: a 304 confirmed the stale copy; these are its updated headers.
+    `forbidden`: the 304 itself forbids storing (RFC 9211 detail); the copy is erased."""
+
+    headers: CIMultiDict[str]
+    forbidden: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refetch:
+    """RFC 9111 §4.3.4: the 304 is about another representation; fetch it whole."""
+
+
+def on_not_modified(stale: Entry, received: Headers, *, honours_origin: bool
+                    ) -> Refresh | Refetch:
+    """A 304 to the sidecar's conditional GET for `stale`.
+
+    Its own headers are judged for storing too (a `Connection: Set-Cookie` hides one);
+    one that may not be stored erases the copy it confirmed.
+    """
+    merged = refreshed_headers(stale, received)
+    if merged is None:
+        return Refetch()
+    return Refresh(merged, response_not_storable_reason(200, received,
+                                                        honours_origin=honours_origin))
+
+
+def on_response(status: int, received: Headers, *, age: int, rule: Rule, had_copy: bool
+                ) -> NotStored | None:
+    """Whether a full response may be stored, judged on its headers as received.
+
+    None: storable so far (its lifetime is `on_lifetime`'s). 401/403 mean the caller's
+    credentials no longer open the entity: that caller's copy goes. Any other final
+    answer that replaces an expired copy without being stored erases it (`supersedes`).
+    """
+    reason = response_not_storable_reason(status, received,
+                                          honours_origin=rule.honours_origin)
+    if reason is None and age >= rule.ttl:
+        reason = "too-old"  # RFC 9111 §4.2.3: older on arrival than it may be kept
+    if reason is None:
+        return None
+    return NotStored(reason, erase=status in (401, 403) or (had_copy and supersedes(status)))
+
+
+def on_lifetime(stored: Headers, *, age: int, rule: Rule, had_copy: bool
+                ) -> Store | NotStored:
+    """`mode: rfc9111`: the origin's terms for a storable response (RFC 9111 §4.2.1-2),
+    capped by the rule; `mode: ttl`: the rule's TTL. A response stale on arrival is kept
+    only if the origin can validate it, or every use would refetch it whole."""
+    if not rule.honours_origin:
+        return Store(None)
+    life = lifetime(stored, rule_ttl=rule.ttl, rule_swr=rule.stale.while_revalidate,
+                    rule_sie=rule.stale.if_error, stale_max=rule.stale.max)
+    if life.fresh <= age and not has_validator(stored):
+        return NotStored("no-freshness", erase=had_copy)
+    return Store(life)

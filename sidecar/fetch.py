@@ -17,11 +17,18 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.coordination import Lease
-from sidecar.decisions import supersedes
+from sidecar.decisions import (
+    NotStored,
+    Refetch,
+    Store,
+    on_lifetime,
+    on_not_modified,
+    on_response,
+    supersedes,
+)
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.fetched import Fetched, Handover
-from sidecar.freshness import Lifetime, lifetime
 from sidecar.headers import (
     COMPUTED_PER_ANSWER,
     client_headers,
@@ -31,8 +38,7 @@ from sidecar.headers import (
 from sidecar.logs import RateLimitedWarning
 from sidecar.lookup import lookup
 from sidecar.matching import Match
-from sidecar.policy import response_not_storable_reason
-from sidecar.revalidation import conditional_headers, has_validator, refreshed_headers
+from sidecar.revalidation import conditional_headers
 from sidecar.runtime import Runtime
 from sidecar.upstream import read_capped
 from sidecar.upstream_framing import overflowed
@@ -167,42 +173,32 @@ async def _fill(
         if stale is not None:
             rt.metrics.revalidations.labels(prefix, _result(status)).inc()
             if status == 304:
-                merged = refreshed_headers(stale, raw_headers)
-                if merged is None:  # about another representation: fetch it whole
+                confirmed = on_not_modified(stale, raw_headers,
+                                            honours_origin=match.rule.honours_origin)
+                if isinstance(confirmed, Refetch):
                     return await _fill(rt, match, field, raw_target,
                                        _unconditional(headers), relay, lease, None)
-                # The 304's own headers are judged too: `Connection: Set-Cookie` hides one.
-                not_stored = response_not_storable_reason(
-                    200, raw_headers, honours_origin=match.rule.honours_origin)
-                status, reason, body = stale.status, "OK", stale.body
-                raw_headers, out_headers = merged, client_headers(merged)
-                revalidated = True
-                if not_stored is not None:
-                    # The origin no longer lets it be stored: the stored copy goes too.
+                status, reason, body, revalidated = stale.status, "OK", stale.body, True
+                raw_headers, out_headers = confirmed.headers, client_headers(confirmed.headers)
+                if confirmed.forbidden is not None:  # the copy it confirmed goes too
                     await _erase_copy(rt, match, field)
-                    return Fetched(status, reason, out_headers, body, None, not_stored,
-                                   revalidated=True)
-        if status in (401, 403):
-            # The caller's credentials no longer open this entity: drop their stale copy,
-            # here and in every replica's near tier.
-            await _erase_copy(rt, match, field)
-        # Judged on the headers as received: a `Connection: Set-Cookie` must not hide one.
-        not_stored = response_not_storable_reason(
-            status, raw_headers, honours_origin=match.rule.honours_origin)
-        if not_stored is not None:
-            if had_copy and supersedes(status) and status not in (401, 403):
-                await _erase_copy(rt, match, field)  # gone, or no longer storable
-            return Fetched(status, reason, out_headers, body, None, not_stored)
-        if "ETag" not in out_headers:
-            out_headers["ETag"] = strong_etag(body)
-        if "Date" not in out_headers:
-            # RFC 9110 §6.6.1: a cache records when a Date-less response was received.
-            out_headers["Date"] = formatdate(rt.clock(), usegmt=True)
-        if age >= match.rule.ttl:
-            return Fetched(status, reason, out_headers, body, None, "too-old")
-        life = _origin_lifetime(match, out_headers, age)
-        if isinstance(life, str):
-            return Fetched(status, reason, out_headers, body, None, life)
+                    return Fetched(status, reason, out_headers, body, None,
+                                   confirmed.forbidden, revalidated=True)
+        verdict = on_response(status, raw_headers, age=age, rule=match.rule, had_copy=had_copy)
+        if verdict is None:
+            if "ETag" not in out_headers:
+                out_headers["ETag"] = strong_etag(body)
+            if "Date" not in out_headers:
+                # RFC 9110 §6.6.1: a cache records when a Date-less response was received.
+                out_headers["Date"] = formatdate(rt.clock(), usegmt=True)
+            kept = on_lifetime(out_headers, age=age, rule=match.rule, had_copy=had_copy)
+            verdict = kept if isinstance(kept, NotStored) else None
+            life = kept.life if isinstance(kept, Store) else None
+        if verdict is not None:
+            if verdict.erase:  # gone, no longer storable, or no longer the caller's
+                await _erase_copy(rt, match, field)
+            return Fetched(status, reason, out_headers, body, None, verdict.reason,
+                           revalidated=revalidated)
         entry = Entry(
             status=status,
             headers=tuple((k, v) for k, v in out_headers.items()
@@ -243,24 +239,6 @@ async def _fill(
 
 
 _Read = tuple[int, str | None, CIMultiDictProxy[str], CIMultiDict[str], bytes]
-
-
-def _origin_lifetime(
-    match: Match, headers: CIMultiDict[str], age: int
-) -> Lifetime | str | None:
-    """`mode: rfc9111`: what the origin allows for this response, or why not to store it.
-
-    None in `mode: ttl`. A response that is stale on arrival is kept only if the origin can
-    validate it (its own ETag or Last-Modified): otherwise every use would refetch it whole.
-    """
-    rule = match.rule
-    if not rule.honours_origin:
-        return None
-    life = lifetime(headers, rule_ttl=rule.ttl, rule_swr=rule.stale.while_revalidate,
-                    rule_sie=rule.stale.if_error, stale_max=rule.stale.max)
-    if life.fresh <= age and not has_validator(headers):
-        return "no-freshness"
-    return life
 
 
 async def _erase_copy(rt: Runtime, match: Match, field: str) -> None:

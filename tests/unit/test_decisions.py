@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
+from pathlib import Path
 
-from sidecar.decisions import Fresh, Miss, ServeStale, on_lookup, stale_if_error, supersedes
+import pytest
+from multidict import CIMultiDict
+
+from sidecar.decisions import (
+    Fresh,
+    Miss,
+    NotStored,
+    Refetch,
+    Refresh,
+    ServeStale,
+    Store,
+    on_lifetime,
+    on_lookup,
+    on_not_modified,
+    on_response,
+    stale_if_error,
+    supersedes,
+)
 from sidecar.entry import Entry
 from sidecar.freshness import PLAIN, Asked
-from sidecar.rules import Stale
+from sidecar.rules import Rule, Stale, load_rules
+
+ROUTES = Path(__file__).resolve().parents[2] / "config" / "routes.yaml"
 
 STALE = Stale(while_revalidate=30, if_error=900, max=900)
 NOW = 10_000.0
@@ -72,3 +92,54 @@ def test_stale_if_error(entry: Entry | None, written: bool, expected: bool) -> N
 ])
 def test_supersedes(status: int, expected: bool) -> None:
     assert supersedes(status) is expected
+
+
+def _rule(mode: str = "ttl") -> Rule:
+    rule = load_rules(ROUTES, {}).rules[0]
+    return replace(rule, mode=mode)
+
+
+@pytest.mark.parametrize(("status", "headers", "age", "had_copy", "expected"), [
+    (200, [], 0, False, None),
+    (200, [], 600, True, NotStored("too-old", erase=True)),  # §4.2.3
+    (200, [("Cache-Control", "no-store")], 0, True, NotStored("response-no-store", True)),
+    (200, [("Cache-Control", "no-store")], 0, False, NotStored("response-no-store", False)),
+    (200, [("Set-Cookie", "s=1")], 0, True, NotStored("set-cookie", True)),
+    (404, [], 0, True, NotStored("status", True)),   # the origin says it is gone
+    (404, [], 0, False, NotStored("status", False)),
+    (403, [], 0, False, NotStored("status", True)),  # no longer this caller's, ever
+    (503, [], 0, True, NotStored("status", False)),  # left for stale-if-error
+    (429, [], 0, True, NotStored("status", False)),
+])
+def test_on_response(status: int, headers: list[tuple[str, str]], age: int, had_copy: bool,
+                     expected: NotStored | None) -> None:
+    assert on_response(status, CIMultiDict(headers), age=age, rule=_rule(),
+                       had_copy=had_copy) == expected
+
+
+def test_no_cache_is_storable_only_when_the_rule_honours_the_origin() -> None:
+    no_cache = CIMultiDict([("Cache-Control", "no-cache"), ("ETag", '"v1"')])
+    assert on_response(200, no_cache, age=0, rule=_rule(), had_copy=False) == NotStored(
+        "response-no-cache", False)
+    assert on_response(200, no_cache, age=0, rule=_rule("rfc9111"), had_copy=False) is None
+    kept = on_lifetime(no_cache, age=0, rule=_rule("rfc9111"), had_copy=False)
+    assert isinstance(kept, Store) and kept.life is not None and kept.life.fresh == 0
+
+
+def test_a_response_stale_on_arrival_is_kept_only_with_a_validator() -> None:
+    bare = CIMultiDict([("Cache-Control", "max-age=0")])
+    assert on_lifetime(bare, age=0, rule=_rule("rfc9111"), had_copy=True) == NotStored(
+        "no-freshness", True)
+    assert on_lifetime(bare, age=0, rule=_rule(), had_copy=True) == Store(None)
+
+
+def test_on_not_modified() -> None:
+    stale = _entry(700)
+    assert isinstance(on_not_modified(stale, CIMultiDict([("ETag", '"v2"')]),
+                                      honours_origin=False), Refetch)
+    refreshed = on_not_modified(stale, CIMultiDict([("ETag", '"v1"'), ("X-New", "1")]),
+                                honours_origin=False)
+    assert isinstance(refreshed, Refresh) and refreshed.forbidden is None
+    assert refreshed.headers["X-New"] == "1"
+    cookie = on_not_modified(stale, CIMultiDict([("Set-Cookie", "s=1")]), honours_origin=False)
+    assert isinstance(cookie, Refresh) and cookie.forbidden == "set-cookie"
