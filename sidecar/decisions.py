@@ -123,8 +123,8 @@ class Refetch:
     """RFC 9111 §4.3.4: the 304 is about another representation; fetch it whole."""
 
 
-def on_not_modified(stale: Entry, received: Headers, *, honours_origin: bool
-                    ) -> Refresh | Refetch:
+def on_not_modified(stale: Entry, received: Headers, *, honours_origin: bool,
+                    keyed: tuple[str, ...] = ()) -> Refresh | Refetch:
     """A 304 to the sidecar's conditional GET for `stale`.
 
     Its own headers are judged for storing too (a `Connection: Set-Cookie` hides one);
@@ -134,7 +134,8 @@ def on_not_modified(stale: Entry, received: Headers, *, honours_origin: bool
     if merged is None:
         return Refetch()
     return Refresh(merged, response_not_storable_reason(200, received,
-                                                        honours_origin=honours_origin))
+                                                        honours_origin=honours_origin,
+                                                        keyed=keyed))
 
 
 def on_response(status: int, received: Headers, *, age: int, rule: Rule, had_copy: bool
@@ -146,7 +147,7 @@ def on_response(status: int, received: Headers, *, age: int, rule: Rule, had_cop
     answer that replaces an expired copy without being stored erases it (`supersedes`).
     """
     reason = response_not_storable_reason(status, received,
-                                          honours_origin=rule.honours_origin)
+                                          honours_origin=rule.honours_origin, keyed=rule.vary)
     if reason is None and age >= rule.ttl:
         reason = "too-old"  # RFC 9111 §4.2.3: older on arrival than it may be kept
     if reason is None:

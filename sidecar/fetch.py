@@ -174,7 +174,8 @@ async def _fill(
             rt.metrics.revalidations.labels(prefix, _result(status)).inc()
             if status == 304:
                 confirmed = on_not_modified(stale, raw_headers,
-                                            honours_origin=match.rule.honours_origin)
+                                            honours_origin=match.rule.honours_origin,
+                                            keyed=match.rule.vary)
                 if isinstance(confirmed, Refetch):
                     return await _fill(rt, match, field, raw_target,
                                        _unconditional(headers), relay, lease, None)

@@ -43,12 +43,14 @@ _VARY_COVERED = frozenset({"accept-encoding", "authorization", "cookie"})
 
 
 def response_not_storable_reason(
-    status: int, headers: Headers, *, honours_origin: bool = False
+    status: int, headers: Headers, *, honours_origin: bool = False,
+    keyed: tuple[str, ...] = (),
 ) -> str | None:
     """None when a complete upstream response with these headers may be stored.
 
     `honours_origin` (`mode: rfc9111`): `no-cache` means "store, validate before each use"
-    (RFC 9111 §5.2.2.4) rather than "do not store".
+    (RFC 9111 §5.2.2.4) rather than "do not store". `keyed`: the rule's `vary:` headers,
+    which are part of the variant, so a `Vary` on them is covered (RFC 9111 §4.1).
     """
     if status != 200:
         return "status"
@@ -63,7 +65,7 @@ def response_not_storable_reason(
             name = name.strip().lower()
             if name == "*":
                 return "vary-star"
-            if name and name not in _VARY_COVERED:
+            if name and name not in _VARY_COVERED and name not in keyed:
                 return "vary"
     if "Content-Range" in headers:
         return "partial"

@@ -37,7 +37,7 @@ from sidecar.policy import (
 from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, error, label, replay
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.telemetry import PROPAGATOR
-from sidecar.variants import accepted_codings, variant_field
+from sidecar.variants import accepted_codings, variant_field, varied_values
 from sidecar.wire import eligible
 
 log = logging.getLogger("sidecar.proxy")
@@ -135,7 +135,8 @@ async def _cached(
     rule, headers = match.rule, request.headers
     prefix = rule.key_prefix
     codings = accepted_codings(headers)
-    field = variant_field(rt.hasher.fingerprint(headers), codings, match.query)
+    field = variant_field(rt.hasher.fingerprint(headers), codings, match.query,
+                          varied_values(headers, rule.vary) if rule.vary else None)
     head = request.method == "HEAD"
     refresh = wants_refresh(headers)
     terms = asked(headers) if rule.honours_origin else PLAIN  # RFC 9111 §5.2.1

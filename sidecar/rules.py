@@ -34,8 +34,14 @@ VERSIONS = (1,)  # `version:` values this sidecar reads; absent means 1
 _DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
 _RULE_FIELDS = {
     "name", "methods", "path", "params", "key", "ttl", "ttl_env", "query", "invalidates",
-    "stale", "mode",
+    "stale", "mode", "vary",
 }
+# Request headers a rule may key on when the service sends `Vary` on them. Never these:
+# hop-by-hop, the per-answer ones, and what the variant already covers another way.
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_NOT_VARIED = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding",
+                         "upgrade", "host", "content-length", "authorization", "cookie",
+                         "accept-encoding"})
 # `ttl`: the rule's TTL is the policy. `rfc9111`: the origin's Cache-Control/Expires are,
 # with the TTL as an upper bound (see sidecar/freshness.py and docs/caching.md).
 TTL_MODE, RFC9111_MODE = "ttl", "rfc9111"
@@ -78,6 +84,7 @@ class Rule:
     invalidates: tuple[str, ...]
     stale: Stale
     mode: str = TTL_MODE
+    vary: tuple[str, ...] = ()  # request headers in the variant (lower case, sorted)
 
     @property
     def honours_origin(self) -> bool:
@@ -416,6 +423,14 @@ class _Parser:
         if mode not in MODES:
             self.fail(where, f"mode must be one of {', '.join(MODES)}, got {mode!r}",
                       self.at(item, "mode"))
+        vary = item.get("vary") or []
+        if not isinstance(vary, list) or not all(
+                isinstance(v, str) and _HEADER_NAME.fullmatch(v)
+                and v.lower() not in _NOT_VARIED for v in vary):
+            self.fail(where, "vary must list request header names the variant may key on "
+                             f"(not {', '.join(sorted(_NOT_VARIED))}), got {vary!r}",
+                      self.at(item, "vary"))
+            vary = []
         if len(self.problems) > count or compiled is None or key is None:
             return None
         return Rule(
@@ -423,7 +438,7 @@ class _Parser:
             regex=compiled[0], loose=self.loose(item["path"]), key=key,
             key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
             ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
-            mode=mode,
+            mode=mode, vary=tuple(sorted({str(v).lower() for v in vary})),
         )
 
     def invalidates(self, where: str, item: Any, service: str) -> tuple[str, ...]:

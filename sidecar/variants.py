@@ -93,7 +93,23 @@ def accepted_codings(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(accepted)
 
 
-def variant_field(credential: str, codings: frozenset[str], query: tuple[str, ...]) -> str:
+def variant_field(credential: str, codings: frozenset[str], query: tuple[str, ...],
+                  varied: str | None = None) -> str:
+    """credential | codings | query [| varied]: the last part only on `vary:` rules, so
+    other rules keep the fields they always had."""
     enc = "+".join(sorted(codings)) or "identity"
     q = hashlib.sha256("&".join(query).encode()).hexdigest()[:16] if query else "-"
-    return f"{credential}|{enc}|{q}"
+    if varied is None:
+        return f"{credential}|{enc}|{q}"
+    return f"{credential}|{enc}|{q}|{hashlib.sha256(varied.encode()).hexdigest()[:16]}"
+
+
+def varied_values(headers: CIMultiDictProxy[str], names: tuple[str, ...]) -> str:
+    """The rule's `vary:` request headers, normalised as RFC 9111 §4.1 allows: field lines
+    combined, whitespace around commas dropped. Absent and empty are told apart."""
+    parts = []
+    for name in names:
+        values = headers.getall(name, None)
+        parts.append("\x00" if values is None else ",".join(
+            item.strip() for value in values for item in value.split(",")))
+    return "\n".join(parts)

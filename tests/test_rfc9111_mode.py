@@ -151,3 +151,33 @@ async def test_request_max_stale_accepts_an_old_copy_without_the_upstream(
     assert stack.upstream_hits(PATIENT) == 1
     bounded = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "max-stale=50"})
     assert bounded.x_cache == "MISS"
+
+
+VARY_ROUTES = ROUTES.replace("    ttl_env: CACHE_TTL_PATIENT\n",
+                             "    ttl_env: CACHE_TTL_PATIENT\n    vary: [Accept-Language]\n", 1)
+
+
+async def test_vary_on_a_header_the_rule_keys_on_is_stored_per_value(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    stack = await make_stack(rules_yaml=VARY_ROUTES)
+    varies = {"X-Stub-Header": "Vary: Accept-Language"}
+
+    async def get(language: str | None) -> str | None:
+        extra = {} if language is None else {"Accept-Language": language}
+        return (await stack.proxy.get(PATIENT, headers={**varies, **extra})).x_cache
+
+    assert await get("fr") == "MISS"
+    assert await get("fr") == "HIT"
+    assert await get("fr ,  en;q=0.5") == "MISS"
+    assert await get("fr,en;q=0.5") == "HIT"  # RFC 9111 §4.1: whitespace normalised
+    assert await get("de") == "MISS"
+    assert await get(None) == "MISS"  # absent is its own variant
+    assert await get("") == "MISS"    # and so is empty
+    assert len(await redis_client.hgetall("identity:patient:42")) == 5
+
+
+async def test_vary_on_a_header_the_rule_does_not_key_on_is_not_stored(stack: Stack) -> None:
+    reply = await stack.proxy.get(PATIENT, headers={"X-Stub-Header": "Vary: Accept-Language",
+                                                    "Accept-Language": "fr"})
+    assert "detail=vary" in reply.headers["Cache-Status"]

@@ -404,3 +404,12 @@ def test_mode_is_ttl_by_default_and_rfc9111_on_request() -> None:
     assert rule.honours_origin and rule.mode == "rfc9111"
     assert_rejected(patient("ttl: 600", "ttl: 600\n        mode: http"), "patient",
                     "mode must be one of ttl, rfc9111, got 'http'")
+
+
+def test_vary_lists_request_headers_and_refuses_what_the_variant_covers() -> None:
+    rule = parse(patient("ttl: 600", "ttl: 600\n        vary: [Accept-Language, X-Tenant]")
+                 ).rules[0]
+    assert rule.vary == ("accept-language", "x-tenant")
+    for bad in ("[Authorization]", "[Connection]", "[Accept-Encoding]", '["bad name"]', "yes"):
+        assert_rejected(patient("ttl: 600", f"ttl: 600\n        vary: {bad}"), "patient",
+                        "vary must list request header names")

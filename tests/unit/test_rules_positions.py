@@ -102,4 +102,4 @@ def test_an_unknown_field_points_at_itself() -> None:
     """)
     assert found == [f"{SOURCE}:5:5: rule #1 'patient': unknown field 'tll' (allowed: "
                      "invalidates, key, methods, mode, name, params, path, query, stale, ttl, "
-                     "ttl_env)"]
+                     "ttl_env, vary)"]
