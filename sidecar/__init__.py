@@ -12,11 +12,13 @@ Data flow, one module per step::
       -> lookup -> near_cache (in-process tier, evicted by coordination's channel)
                 -> guarded_store (deadline, breaker) -> redis_store (read_batcher) | memory_store
                 -> codec (AES-GCM seal) -> entry (bytes <-> stored response)
-      -> hit: responses (replay, 304, Age, Cache-Status)
+      -> hit: audit (one line per cached read on `audit: true` rules)
+              -> responses (replay, 304, Age, Cache-Status)
       -> miss: flights (single-flight) -> fetch -> coordination (cross-replica lease)
                -> upstream (shared client session, upstream_framing) -> policy (storable?)
       -> anything else: forward (stream both ways) -> headers (hop-by-hop, X-Forwarded-*)
       -> writes: invalidation (erase what changed, retry while Redis is away)
-    metrics, telemetry (OTel), access_log (batched JSON lines), admin (metrics, probes,
-    purge), bad_requests (parser errors counted, logged rate-limited), reload, errors
+    request_ids (X-Request-ID in, upstream, out), metrics, telemetry (OTel), access_log
+    (batched JSON lines), admin (metrics, probes, purge), bad_requests (parser errors
+    counted, logged rate-limited), reload, errors
 """

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from sidecar.access_log import AccessLog
 from sidecar.admin import admin_app
+from sidecar.audit import AuditSink
 from sidecar.bad_requests import server_logger
 from sidecar.breaker import Breaker
 from sidecar.codec import build_codec
@@ -24,6 +25,7 @@ from sidecar.metrics import Metrics
 from sidecar.near_cache import NearCache
 from sidecar.proxy import handle
 from sidecar.redis_store import RedisStore
+from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
@@ -88,6 +90,7 @@ def build_runtime(
             wait_seconds=settings.lease_wait_seconds, near=near)
     rt = Runtime(
         store=store, coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
+        audit=AuditSink(settings.audit_log, settings.audit_required),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
         hasher=CredentialHasher(settings.key_secret, settings.credential_headers),
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
@@ -114,7 +117,15 @@ def proxy_app(rt: Runtime) -> web.Application:
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_drain)
+    app.on_response_prepare.append(_request_id)
     return app
+
+
+async def _request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries the request's id (a one-buffer hit writes it itself, wire.py)."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 async def _drain(app: web.Application) -> None:
@@ -137,6 +148,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await rt.store.close()
     await rt.upstream.close()
     rt.access_log.flush()
+    rt.audit.close()
     rt.telemetry.shutdown()
 
 

@@ -123,7 +123,7 @@ def _report(path: Path, rules: RuleSet | None, problems: list[str]) -> int:
         print(f"{path}: OK ({len(rules.rules)} rules, hash {rules.digest})")
         for rule in rules.rules:
             print(f"  {rule.name}: {rule.path} -> {rule.key} ttl={rule.ttl}s"
-                  f" (env {rule.ttl_env})")
+                  f" (env {rule.ttl_env})" + (" audit" if rule.audit else ""))
         sys.stdout.flush()
     except BrokenPipeError:
         # Python would report the failed flush at exit: point stdout at /dev/null first.

@@ -34,7 +34,7 @@ VERSIONS = (1,)  # `version:` values this sidecar reads; absent means 1
 _DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
 _RULE_FIELDS = {
     "name", "methods", "path", "params", "key", "ttl", "ttl_env", "query", "invalidates",
-    "stale",
+    "stale", "audit",
 }
 _STALE_FIELDS = {"while_revalidate", "if_error", "max"}
 # A TTL, and each stale window, is at most a year: an entity's Redis expiry (TTL + largest
@@ -73,6 +73,7 @@ class Rule:
     query: frozenset[str]
     invalidates: tuple[str, ...]
     stale: Stale
+    audit: bool = False  # every answer from the cache writes an audit line (audit.py)
 
     def key_for(self, params: Mapping[str, str]) -> str:
         return _PLACEHOLDER.sub(lambda m: params[m.group(1)], self.key)
@@ -403,6 +404,10 @@ class _Parser:
             query = []
         invalidates = self.invalidates(where, item, service)
         stale = self.stale(where, item, default_stale)
+        audit = item.get("audit", False)
+        if not isinstance(audit, bool):
+            self.fail(where, f"audit must be true or false, got {audit!r}",
+                      self.at(item, "audit"))
         if len(self.problems) > count or compiled is None or key is None:
             return None
         return Rule(
@@ -410,6 +415,7 @@ class _Parser:
             regex=compiled[0], loose=self.loose(item["path"]), key=key,
             key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
             ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
+            audit=audit is True,
         )
 
     def invalidates(self, where: str, item: Any, service: str) -> tuple[str, ...]:

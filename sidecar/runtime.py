@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from sidecar.access_log import AccessLog
+from sidecar.audit import AuditSink
 from sidecar.codec import Codec
 from sidecar.coordination import Coordinator
 from sidecar.flights import Flights
@@ -17,6 +18,7 @@ from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
 from sidecar.metrics import Metrics
 from sidecar.near_cache import NearCache
+from sidecar.request_ids import RequestIds
 from sidecar.rules import RuleSet
 from sidecar.settings import Settings
 from sidecar.store import CacheStore
@@ -42,7 +44,9 @@ class Runtime:
     coordinator: Coordinator
     telemetry: Telemetry
     access_log: AccessLog
+    audit: AuditSink
     flights: Flights[Fetched] = field(default_factory=Flights)
+    request_ids: RequestIds = field(default_factory=RequestIds)
     near: NearCache | None = None  # the in-process tier in front of Redis
     clock: Callable[[], float] = time.time
     draining: bool = False

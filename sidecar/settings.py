@@ -35,7 +35,7 @@ ENV_VARS = (
     "UPSTREAM_MAX_CONNECTIONS", "SIDECAR_SHUTDOWN_TIMEOUT_S", "SIDECAR_KEEPALIVE_TIMEOUT_S",
     "SIDECAR_HEADER_TIMEOUT_S", "SIDECAR_RELOAD_INTERVAL_S", "SIDECAR_ADMIN_TOKEN",
     "SIDECAR_ACCESS_LOG_SAMPLE", "SIDECAR_LOG_LEVEL", "SIDECAR_WARN_INTERVAL_S",
-    "CACHE_NEAR_MAX_BYTES", "SIDECAR_WORKERS",
+    "CACHE_NEAR_MAX_BYTES", "SIDECAR_WORKERS", "CACHE_AUDIT_LOG", "CACHE_AUDIT_REQUIRED",
 )
 OTHER_ENV_VARS = ("SIDECAR_CONFIG", "CACHE_TTL_DEFAULT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _TRUE = {"1", "true", "yes", "on"}
@@ -85,6 +85,8 @@ class Settings:
     public_origin: tuple[str, str] | None = None
     workers: int = 1  # proxy processes sharing the port (SO_REUSEPORT); 1: no supervisor
     log_level: str = "INFO"
+    audit_log: str = "stdout"  # the audit sink of cached reads: "stdout" or a file path
+    audit_required: bool = False  # a cached read whose audit line fails goes upstream
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -269,6 +271,8 @@ class Settings:
             public_origin=public_origin,
             workers=_count(env.get("SIDECAR_WORKERS", ""), "SIDECAR_WORKERS", d.workers, problems),
             log_level=level,
+            audit_log=_audit_target(text("CACHE_AUDIT_LOG", d.audit_log), problems),
+            audit_required=flag("CACHE_AUDIT_REQUIRED", d.audit_required),
         )
         if settings.workers > 1 and settings.cache_enabled and redis_url.startswith("memory://"):
             problems.append("environment: SIDECAR_WORKERS>1 needs a shared cache: with "
@@ -309,6 +313,22 @@ def _origin(raw: str, problems: list[str]) -> tuple[str, str] | None:
                         "https://identity.example.org or https://host:8443 (no path)")
         return None
     return scheme.lower(), rest
+
+
+def _audit_target(value: str, problems: list[str]) -> str:
+    """`stdout`, or an absolute file path in a directory that exists."""
+    if value == "stdout":
+        return value
+    path = Path(value)
+    problem = ("is not an absolute path" if not path.is_absolute()
+               else "is a directory" if path.is_dir()
+               else "is in a directory that does not exist" if not path.parent.is_dir()
+               else None)
+    if problem:
+        problems.append(f"environment: CACHE_AUDIT_LOG={value!r} {problem} (accepted: "
+                        "stdout, or an absolute file path such as /var/log/sidecar/audit.log)")
+        return "stdout"
+    return value
 
 
 def _bind_problem(host: str) -> str | None:

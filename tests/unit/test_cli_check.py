@@ -93,7 +93,7 @@ def test_ttl_beyond_a_year_fails(
     monkeypatch.setenv("CACHE_TTL_PROFESSIONAL", "2000000000")
     assert main(["--check", "--config", str(ROUTES)]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"error: {ROUTES}:29:5: rule #2 'professional': environment " \
+    assert f"error: {ROUTES}:31:5: rule #2 'professional': environment " \
            "CACHE_TTL_PROFESSIONAL='2000000000' is too long: a ttl must be 1 to 31536000 " \
            "seconds (365 days)" in err
 

@@ -101,5 +101,31 @@ def test_an_unknown_field_points_at_itself() -> None:
             tll: 600
     """)
     assert found == [f"{SOURCE}:5:5: rule #1 'patient': unknown field 'tll' (allowed: "
-                     "invalidates, key, methods, name, params, path, query, stale, ttl, "
-                     "ttl_env)"]
+                     "audit, invalidates, key, methods, name, params, path, query, stale, "
+                     "ttl, ttl_env)"]
+
+
+def test_audit_must_be_a_boolean_and_points_at_itself() -> None:
+    found = problems("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            audit: "yes"
+    """)
+    assert found == [f"{SOURCE}:5:5: rule #1 'patient': audit must be true or false, "
+                     "got 'yes'"]
+
+
+def test_audit_true_is_read_and_absent_means_off() -> None:
+    rules = parse_rules(textwrap.dedent("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            audit: true
+          - name: professional
+            path: /api/v1/professionals/{id}
+            key: identity:professional:{id}
+    """).encode(), SOURCE, {})
+    assert [r.audit for r in rules.rules] == [True, False]

@@ -58,6 +58,8 @@ BAD: dict[str, list[str]] = {
     "SIDECAR_WARN_INTERVAL_S": ["0"],
     "CACHE_NEAR_MAX_BYTES": ["1.5", "-1", "lots"],
     "SIDECAR_WORKERS": ["0", "2.5", "two"],
+    "CACHE_AUDIT_LOG": ["audit.log", "/nonexistent/dir/audit.log", "/"],
+    "CACHE_AUDIT_REQUIRED": ["sometimes"],
 }
 
 
