@@ -9,6 +9,8 @@ Data flow, one module per step::
                          -> N x server with worker (SO_REUSEPORT, control socket, lifeline)
     proxy (handler)
       -> matching (rule, key) -> policy (may it use the cache?) -> variants (which copy)
+         -> sharing (a verified caller of a `share:` rule: the shared copy)
+            -> tokens (PyJWT, results remembered) -> jwks (keys fetched async, cached)
       -> lookup -> near_cache (in-process tier, evicted by coordination's channel)
                 -> guarded_store (deadline, breaker) -> redis_store (read_batcher) | memory_store
                 -> codec (AES-GCM seal) -> entry (bytes <-> stored response)

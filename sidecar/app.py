@@ -20,6 +20,7 @@ from sidecar.codec import build_codec
 from sidecar.coordination import Coordinator, RedisCoordinator
 from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
+from sidecar.jwks import Jwks
 from sidecar.memory_store import MemoryStore
 from sidecar.metrics import Metrics
 from sidecar.near_cache import NearCache
@@ -29,12 +30,17 @@ from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
+from sidecar.sharing import Callers
 from sidecar.store import CacheStore
 from sidecar.telemetry import Telemetry
+from sidecar.tokens import TokenVerifier
 from sidecar.upstream import Upstream
 from sidecar.variants import CredentialHasher
 
 log = logging.getLogger("sidecar")
+# An unknown token `kid` fetches the JWKS again at most this often (made-up kids cannot
+# hammer the identity provider).
+_UNKNOWN_KID_INTERVAL_S = 30.0
 
 
 def build_store(settings: Settings) -> CacheStore:
@@ -88,11 +94,21 @@ def build_runtime(
             cache, cache.store.client, cache.store.subscriber(), rules.service,
             lease_seconds=settings.lease_seconds,
             wait_seconds=settings.lease_wait_seconds, near=near)
+    hasher = CredentialHasher(settings.key_secret, settings.credential_headers)
+    jwks = verifier = None
+    if settings.jwt_jwks_url is not None:
+        assert settings.jwt_issuer is not None and settings.jwt_audience is not None
+        jwks = Jwks(settings.jwt_jwks_url, refresh=settings.jwt_jwks_refresh,
+                    max_stale=settings.jwt_jwks_max_stale,
+                    min_interval=min(_UNKNOWN_KID_INTERVAL_S, settings.jwt_jwks_refresh),
+                    warn_interval=settings.warn_interval)
+        verifier = TokenVerifier(jwks, issuer=settings.jwt_issuer,
+                                 audience=settings.jwt_audience, leeway=settings.jwt_leeway)
     rt = Runtime(
         store=store, coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
         audit=AuditSink(settings.audit_log, settings.audit_required),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
-        hasher=CredentialHasher(settings.key_secret, settings.credential_headers),
+        hasher=hasher, callers=Callers(hasher, verifier), jwks=jwks,
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
         metrics=metrics, upstream=Upstream(settings, telemetry), telemetry=telemetry,
         near=near,
@@ -116,6 +132,7 @@ def proxy_app(rt: Runtime) -> web.Application:
     # [\s\S]: the router sees the decoded path, where `%0A` is a newline `.` would miss.
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_token_keys)
     app.on_shutdown.append(_drain)
     app.on_response_prepare.append(_request_id)
     return app
@@ -133,6 +150,16 @@ async def _drain(app: web.Application) -> None:
     rt = app[RUNTIME]
     rt.draining = True
     await rt.flights.cancel_background()
+
+
+async def _token_keys(app: web.Application) -> AsyncIterator[None]:
+    """The JWKS fetcher (its own small client session), when tokens are verified."""
+    jwks = app[RUNTIME].jwks
+    if jwks is not None:
+        await jwks.start()
+    yield
+    if jwks is not None:
+        await jwks.close()
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

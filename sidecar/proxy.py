@@ -135,8 +135,9 @@ async def _cached(
     rule, headers = match.rule, request.headers
     prefix = rule.key_prefix
     codings = accepted_codings(headers)
-    credential = rt.hasher.fingerprint(headers)
-    field = variant_field(credential, codings, match.query)
+    caller = await rt.callers.identify(rule, headers)
+    field = variant_field(caller.credential, codings, match.query)
+    subject = caller.subject
     head = request.method == "HEAD"
     refresh = wants_refresh(headers)
     entry = None if refresh else await lookup(rt, match, field)
@@ -147,7 +148,7 @@ async def _cached(
         remaining = entry.remaining(now, rule.ttl)  # the current rule's TTL (hot reload)
         if remaining > 0:
             unchanged = _conditional(request, entry)
-            if not _audited(request, rt, match, credential, HIT, entry, unchanged):
+            if not _audited(request, rt, match, subject, HIT, entry, unchanged):
                 return await _unaudited(request, rt, outcome)
             rt.metrics.hit(prefix)
             outcome.cache = HIT
@@ -156,7 +157,7 @@ async def _cached(
                           not_modified=unchanged, plain=eligible(request),
                           request_id=request[REQUEST_ID])
         if (-remaining <= min(rule.stale.while_revalidate, rule.stale.max) and not rt.draining
-                and _audited(request, rt, match, credential, STALE, entry,
+                and _audited(request, rt, match, subject, STALE, entry,
                              unchanged := _conditional(request, entry))):
             upstream_headers = forwarded_headers(request, strip_conditionals=True)
             rt.flights.background(
@@ -171,7 +172,7 @@ async def _cached(
                           request_id=request[REQUEST_ID])
     rt.metrics.miss(prefix)
     outcome.cache = MISS
-    return await _miss(request, rt, match, field, entry, refresh, outcome, credential)
+    return await _miss(request, rt, match, field, entry, refresh, outcome, subject)
 
 
 def _audited(request: web.Request, rt: Runtime, match: Match, subject: str, outcome: str,

@@ -34,8 +34,10 @@ VERSIONS = (1,)  # `version:` values this sidecar reads; absent means 1
 _DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
 _RULE_FIELDS = {
     "name", "methods", "path", "params", "key", "ttl", "ttl_env", "query", "invalidates",
-    "stale", "audit",
+    "stale", "audit", "share",
 }
+_SHARE_FIELDS = {"claims"}
+_CLAIM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
 _STALE_FIELDS = {"while_revalidate", "if_error", "max"}
 # A TTL, and each stale window, is at most a year: an entity's Redis expiry (TTL + largest
 # window) then stays under two years, far inside what EXPIRE and `entry.Entry` accept.
@@ -60,6 +62,21 @@ class Stale:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """`share: {claims: {role: [clinician, admin]}}`: a verified caller whose every named
+    claim holds one of its values (a list claim: any of them) uses the one shared variant."""
+
+    claims: tuple[tuple[str, frozenset[str]], ...]
+
+    @property
+    def marker(self) -> str:
+        """The variant's credential part for qualifying callers: never a fingerprint (hex)
+        nor `anon`, and another policy (a reload that widens it) gets another marker."""
+        text = ";".join(f"{n}={','.join(sorted(v))}" for n, v in self.claims)
+        return "shared." + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     methods: frozenset[str]
@@ -74,6 +91,7 @@ class Rule:
     invalidates: tuple[str, ...]
     stale: Stale
     audit: bool = False  # every answer from the cache writes an audit line (audit.py)
+    share: Share | None = None  # verified callers with these claims share one variant
 
     def key_for(self, params: Mapping[str, str]) -> str:
         return _PLACEHOLDER.sub(lambda m: params[m.group(1)], self.key)
@@ -408,6 +426,7 @@ class _Parser:
         if not isinstance(audit, bool):
             self.fail(where, f"audit must be true or false, got {audit!r}",
                       self.at(item, "audit"))
+        share = self.share(where, item)
         if len(self.problems) > count or compiled is None or key is None:
             return None
         return Rule(
@@ -415,8 +434,36 @@ class _Parser:
             regex=compiled[0], loose=self.loose(item["path"]), key=key,
             key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
             ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
-            audit=audit is True,
+            audit=audit is True, share=share,
         )
+
+    def share(self, where: str, item: Any) -> Share | None:
+        value = item.get("share")
+        if value is None:
+            return None
+        accepted = "share must be {claims: {<claim>: [<value>, ...]}}"
+        if not isinstance(value, dict):
+            self.fail(where, f"{accepted}, got {value!r}", self.at(item, "share"))
+            return None
+        self.unknown(f"{where}: share", value, _SHARE_FIELDS)
+        claims = value.get("claims")
+        if not isinstance(claims, dict) or not claims:
+            self.fail(where, f"{accepted}: claims must name at least one claim",
+                      self.at(value, "claims") if "claims" in value else self.at(item, "share"))
+            return None
+        parsed: list[tuple[str, frozenset[str]]] = []
+        for name, values in claims.items():
+            if not isinstance(name, str) or not _CLAIM_NAME.fullmatch(name):
+                self.fail(where, f"share.claims: {name!r} is not a claim name (letters, "
+                                 "digits, '_', '.', ':', '-')", self.at(claims, name))
+                continue
+            if (not isinstance(values, list) or not values
+                    or not all(isinstance(v, str) and v for v in values)):
+                self.fail(where, f"share.claims.{name} must list the values that qualify, "
+                                 f"got {values!r}", self.at(claims, name))
+                continue
+            parsed.append((name, frozenset(values)))
+        return Share(tuple(sorted(parsed, key=lambda c: c[0])))
 
     def invalidates(self, where: str, item: Any, service: str) -> tuple[str, ...]:
         value = item.get("invalidates")
