@@ -216,7 +216,7 @@ def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=Shape.requests)
+    parser.add_argument("--requests", type=int, default=Shape().requests)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results-workload.md")
     args = parser.parse_args()
