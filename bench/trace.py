@@ -73,8 +73,10 @@ def generate(shape: Shape) -> list[Step]:
     return steps
 
 
-def ideal(steps: list[Step], *, per_caller: bool) -> tuple[int, int]:
-    """(hits, reads) of an unbounded, non-expiring cache on the trace."""
+def ideal(steps: list[Step], *, per_caller: bool, dashboard: bool | None = None
+          ) -> tuple[int, int]:
+    """(hits, reads) of an unbounded, non-expiring cache on the trace; `dashboard` True or
+    False counts only the dashboard's or only the patients' reads (None: all)."""
     held: set[tuple[str, int]] = set()
     present: dict[str, set[int]] = {}  # entity -> callers holding a copy
     hits = reads = 0
@@ -84,10 +86,11 @@ def ideal(steps: list[Step], *, per_caller: bool) -> tuple[int, int]:
                 for caller in present.pop(key, set()):
                     held.discard((key, caller))
             continue
-        reads += 1
+        counted = dashboard is None or dashboard == (step.key == DASHBOARD)
+        reads += counted
         owner = step.caller if per_caller else -1
         if (step.key, owner) in held:
-            hits += 1
+            hits += counted
         else:
             held.add((step.key, owner))
             present.setdefault(step.key, set()).add(owner)

@@ -53,6 +53,8 @@ class Result:
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     latencies: list[float] | None = None
+    dashboard_reads: int = 0
+    dashboard_hits: int = 0
 
     def pct(self, q: float) -> float:
         values = sorted(self.latencies or [0.0])
@@ -119,8 +121,12 @@ async def replay(port: int, steps: list[Step], tokens: list[str], concurrency: i
                 if status >= 500 or (step.method == "GET" and status != 200):
                     result.errors += 1
                 if step.method == "GET":
+                    hit = cache in ("HIT", "STALE")
                     result.reads += 1
-                    result.hits += cache in ("HIT", "STALE")
+                    result.hits += hit
+                    if step.path == DASHBOARD:
+                        result.dashboard_reads += 1
+                        result.dashboard_hits += hit
                 else:
                     result.writes += 1
 
@@ -130,10 +136,13 @@ async def replay(port: int, steps: list[Step], tokens: list[str], concurrency: i
         await asyncio.gather(*(worker(s) for s in shards))
 
 
-def upstream_gets(admin_port: int) -> int:
+def scrape(admin_port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics") as r:
-        text = r.read().decode()
-    return int(sum(float(v) for _, v in _UPSTREAM.findall(text)))
+        return str(r.read().decode())
+
+
+def upstream_gets(admin_port: int) -> int:
+    return int(sum(float(v) for _, v in _UPSTREAM.findall(scrape(admin_port))))
 
 
 def run_mode(bench: Bench, mode: str, steps: list[Step], tokens: list[str], rules: Path,
@@ -160,6 +169,11 @@ def run_mode(bench: Bench, mode: str, steps: list[Step], tokens: list[str], rule
     result.wall_seconds = time.perf_counter() - started
     result.cpu_seconds = process_cpu(proc.pid) - before_cpu
     result.upstream_gets = upstream_gets(admin) - before_gets
+    for line in scrape(admin).splitlines():  # why reads missed: shown on stderr
+        if line.startswith(("cache_not_stored_total", "cache_coalesced_total",
+                            "cache_bypass_total", "cache_stale_served_total",
+                            "cache_invalidations_total")):
+            print(f"# {mode}: {line}", file=sys.stderr)
     for p in (proc, stub):
         p.terminate()
         p.wait(timeout=15)
@@ -187,6 +201,15 @@ def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: 
             f"({1 - r.upstream_gets / r.reads:.1%}) | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} | "
             f"{r.cpu_seconds / requests * 1e6:.0f} | {requests / r.wall_seconds:,.0f} | "
             f"{r.errors} |")
+    by_route = []
+    for r in results:
+        own = r.mode == "per-credential"
+        for name, dash in (("patient", False), ("dashboard", True)):
+            got_hits = r.dashboard_hits if dash else r.hits - r.dashboard_hits
+            got_reads = r.dashboard_reads if dash else r.reads - r.dashboard_reads
+            best, of = ideal(steps, per_caller=own, dashboard=dash)
+            by_route.append(f"| {r.mode} | {name} | {got_reads:,} | {got_hits / got_reads:.1%} "
+                            f"| {best / of:.1%} |")
     writes = sum(s.method != "GET" for s in steps)
     dashboard = sum(s.path == DASHBOARD for s in steps)
     return "\n".join([
@@ -207,6 +230,9 @@ def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: 
         "| CPU µs/req | req/s | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows, "",
+        "By route:", "",
+        "| mode | route | reads | hit ratio (X-Cache) | ideal |", "|---|---|---:|---:|---:|",
+        *by_route, "",
         "`GETs saved` counts reads answered without an upstream GET (hits, and misses that "
         "waited for another caller's fetch). CPU is the sidecar process's user+system time "
         "over the replay divided by all requests.", "",

@@ -25,3 +25,5 @@ def test_ideal_hits_follow_writes_and_callers() -> None:
              Step(1, "GET", p)]
     assert ideal(steps, per_caller=False) == (2, 6)  # 2nd read of p, last read of p
     assert ideal(steps, per_caller=True) == (1, 6)  # only caller 1's last read of p
+    assert ideal(steps, per_caller=False, dashboard=True) == (0, 2)
+    assert ideal(steps, per_caller=False, dashboard=False) == (2, 4)
