@@ -215,7 +215,8 @@ def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: 
     return "\n".join([
         "# Workload replay", "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, commit `{commit}`; nproc="
-        f"{os.cpu_count()}, Python {platform.python_version()}",
+        f"{os.cpu_count()}, Python {platform.python_version()}; load average at the end "
+        f"{os.getloadavg()[0]:.1f} (other engineers' jobs share the machine)",
         f"- Trace (seed {shape.seed}): {len(steps):,} requests, {shape.patients:,} patients "
         f"(Zipf s={shape.zipf_s}), {shape.callers} callers in sessions (open a patient, re-read "
         f"it {shape.rereads[0]}-{shape.rereads[1]} times), {writes:,} writes "
@@ -282,7 +283,9 @@ def main() -> None:
             loop.call_soon_threadsafe(loop.stop)
     text = report(results, steps, shape, args.concurrency)
     print(text)
-    args.out.write_text(text)
+    previous = args.out.read_text() if args.out.exists() else ""
+    notes = previous.partition("<!-- notes -->")[2]  # kept across runs, as bench.run does
+    args.out.write_text(text + ("<!-- notes -->" + notes if notes else ""))
 
 
 if __name__ == "__main__":

@@ -31,18 +31,27 @@ class AuditSink:
         self.required = required
         self._clock = clock
         self._fd: int | None = None
+        self._second = -1
+        self._stamp = ""
 
     def write(self, *, rule: str, key: str, subject: str, client: str | None,
               request_id: str, outcome: str, status: int) -> bool:
-        """Write one line; False when it could not be written (the caller counts it)."""
+        """Write one line; False when it could not be written (the caller counts it).
+
+        `request_id` is of the safe alphabet and `outcome` a fixed label; the rest is
+        JSON-quoted (short strings: no encoder of a whole record per hit).
+        """
         now = self._clock()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        line = json.dumps({
-            "ts": f"{stamp}.{int(now % 1 * 1000):03d}Z", "level": "info", "logger": LOGGER,
-            "msg": "cached read", "rule": rule, "key": key, "subject": subject,
-            "client": client, "request_id": request_id, "outcome": outcome, "status": status,
-        }, separators=(",", ":")) + "\n"
-        data = line.encode()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        quote = json.dumps
+        data = (f'{{"ts":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info",'
+                f'"logger":"{LOGGER}","msg":"cached read","rule":{quote(rule)},'
+                f'"key":{quote(key)},"subject":{quote(subject)},"client":{quote(client)},'
+                f'"request_id":"{request_id}","outcome":"{outcome}","status":{status}}}\n'
+                ).encode()
         try:
             if self.target == STDOUT:
                 sys.stdout.buffer.write(data)

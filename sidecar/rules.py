@@ -67,13 +67,15 @@ class Share:
     claim holds one of its values (a list claim: any of them) uses the one shared variant."""
 
     claims: tuple[tuple[str, frozenset[str]], ...]
+    # The variant's credential part for qualifying callers (computed once, it is on the hit
+    # path): never a fingerprint (hex) nor `anon`, and another policy (a reload that widens
+    # it) gets another marker.
+    marker: str = ""
 
-    @property
-    def marker(self) -> str:
-        """The variant's credential part for qualifying callers: never a fingerprint (hex)
-        nor `anon`, and another policy (a reload that widens it) gets another marker."""
-        text = ";".join(f"{n}={','.join(sorted(v))}" for n, v in self.claims)
-        return "shared." + hashlib.sha256(text.encode()).hexdigest()[:12]
+    @staticmethod
+    def of(claims: tuple[tuple[str, frozenset[str]], ...]) -> Share:
+        text = ";".join(f"{n}={','.join(sorted(v))}" for n, v in claims)
+        return Share(claims, "shared." + hashlib.sha256(text.encode()).hexdigest()[:12])
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,7 +465,7 @@ class _Parser:
                                  f"got {values!r}", self.at(claims, name))
                 continue
             parsed.append((name, frozenset(values)))
-        return Share(tuple(sorted(parsed, key=lambda c: c[0])))
+        return Share.of(tuple(sorted(parsed, key=lambda c: c[0])))
 
     def invalidates(self, where: str, item: Any, service: str) -> tuple[str, ...]:
         value = item.get("invalidates")

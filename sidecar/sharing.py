@@ -16,7 +16,7 @@ from multidict import CIMultiDictProxy
 
 from sidecar.rules import Rule, Share
 from sidecar.tokens import TokenVerifier
-from sidecar.variants import ANONYMOUS, CredentialHasher
+from sidecar.variants import CredentialHasher
 
 # RFC 8693 §4.2: `scope` (and Azure's `scp`) is one space-separated string.
 _SPACE_SEPARATED = frozenset({"scope", "scp"})
@@ -34,17 +34,16 @@ class Callers:
         self.verifier = verifier
 
     async def identify(self, rule: Rule, headers: CIMultiDictProxy[str]) -> Caller:
+        verified = None
+        if self.verifier is not None and (rule.share is not None or rule.audit):
+            token = self._bearer(headers)
+            if token is not None:
+                verified = await self.verifier.verify(token)
+        if verified is not None and rule.share is not None and qualifies(
+                rule.share, verified.claims):
+            return Caller(rule.share.marker, verified.subject)  # no fingerprint needed
         fingerprint = self.hasher.fingerprint(headers)
-        if self.verifier is None or fingerprint == ANONYMOUS or (
-                rule.share is None and not rule.audit):
-            return Caller(fingerprint, fingerprint)
-        token = self._bearer(headers)
-        verified = await self.verifier.verify(token) if token is not None else None
-        if verified is None:
-            return Caller(fingerprint, fingerprint)
-        if rule.share is not None and qualifies(rule.share, verified.claims):
-            return Caller(rule.share.marker, verified.subject)
-        return Caller(fingerprint, verified.subject)
+        return Caller(fingerprint, verified.subject if verified is not None else fingerprint)
 
     def _bearer(self, headers: CIMultiDictProxy[str]) -> str | None:
         """The token of a caller whose only credential is one `Authorization: Bearer`: a
