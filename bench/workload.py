@@ -15,6 +15,7 @@ import asyncio
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -180,13 +181,82 @@ def run_mode(bench: Bench, mode: str, steps: list[Step], tokens: list[str], rule
     return result
 
 
+HIT_LUA = """local i = 0
+request = function()
+  i = (i % 2001) + 1
+  return wrk.format("GET", "{path}" .. i)
+end
+"""
+
+
+def hit_path(bench: Bench, rules: dict[str, Path], jwks_url: str, token: str,
+             rounds: int = 2) -> list[str]:
+    """wrk -c64 over 2,001 warm entries, per mode and route (memory://): the hit path's
+    cost with sharing on (token remembered, shared variant) against per-credential."""
+    if shutil.which("wrk") is None:
+        return ["(wrk not installed: hit-path table skipped)"]
+    py = sys.executable
+    stub_port = free_port()
+    stub, stub_log = bench.spawn("stub-hits", LOAD_CPU, [py, "-m", "upstream_stub"],
+                                 clean_env(STUB_PORT=str(stub_port)))
+    wait_ready(stub_port, "/api/v1/patients/1", stub, stub_log)
+    routes = {"patient (audited)": "/api/v1/patients/",
+              "professional": "/api/v1/professionals/"}
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _ in range(rounds):
+        for mode in ("per-credential", "shared"):
+            port, admin = free_port(), free_port()
+            env = {"UPSTREAM_URL": f"http://127.0.0.1:{stub_port}", "SIDECAR_PORT": str(port),
+                   "SIDECAR_ADMIN_PORT": str(admin), "SIDECAR_ADMIN_HOST": "127.0.0.1",
+                   "CACHE_KEY_SECRET": "bench", "REDIS_URL": "memory://",
+                   "SIDECAR_CONFIG": str(rules[mode]),
+                   "CACHE_AUDIT_LOG": str(bench.tmp / f"audit-{mode}.log")}
+            if mode == "shared":
+                env |= {"CACHE_JWT_JWKS_URL": jwks_url, "CACHE_JWT_ISSUER": ISSUER,
+                        "CACHE_JWT_AUDIENCE": AUDIENCE}
+            proc, log = bench.spawn(f"sidecar-hits-{mode}", SERVER_CPU, [py, "-m", "sidecar"],
+                                    clean_env(**env))
+            wait_ready(port, "/api/v1/professionals/1", proc, log)
+            for route, path in routes.items():
+                script = bench.tmp / f"hits-{path.strip('/').replace('/', '-')}.lua"
+                script.write_text(HIT_LUA.format(path=path))
+                cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", "-d3s", "-H",
+                       f"Authorization: Bearer {token}", "-s", str(script),
+                       f"http://127.0.0.1:{port}"]
+                subprocess.run(cmd, capture_output=True, check=True)  # warm every entry
+                before = process_cpu(proc.pid)
+                out = subprocess.run([*cmd[:6], "-d5s", *cmd[7:]], capture_output=True,
+                                     text=True, check=True).stdout
+                rps, total = _wrk_figures(out)
+                runs.setdefault((mode, route), []).append(
+                    (rps, (process_cpu(proc.pid) - before) / total * 1e6))
+            proc.terminate()
+            proc.wait(timeout=15)
+    stub.terminate()
+    stub.wait(timeout=15)
+    rows = ["| mode | route | req/s (best of rounds) | CPU µs/req (best) |",
+            "|---|---|---:|---:|"]
+    for (mode, route), values in runs.items():
+        rows.append(f"| {mode} | {route} | {max(v[0] for v in values):,.0f} | "
+                    f"{min(v[1] for v in values):.0f} |")
+    return rows
+
+
+def _wrk_figures(out: str) -> tuple[float, int]:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    assert rps is not None and total is not None, out
+    return float(rps[1]), int(total[1])
+
+
 def flush(redis_port: int) -> None:
     with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as s:
         s.sendall(b"FLUSHALL\r\n")
         s.recv(64)
 
 
-def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: int) -> str:
+def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: int,
+           hits: list[str]) -> str:
     shared_hits, reads = ideal(steps, per_caller=False)
     own_hits, _ = ideal(steps, per_caller=True)
     ideal_by_mode = {"per-credential": own_hits / reads, "shared": shared_hits / reads}
@@ -237,6 +307,11 @@ def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: 
         "`GETs saved` counts reads answered without an upstream GET (hits, and misses that "
         "waited for another caller's fetch). CPU is the sidecar process's user+system time "
         "over the replay divided by all requests.", "",
+        "## Hit path with sharing on", "",
+        "Every read a hit (`memory://`, 2,001 warm entries, one verified clinician token, "
+        "`wrk -t1 -c64` 5 s after a 3 s warm-up): what verifying (a remembered result) and "
+        "the shared variant add, and what the audit line costs on the audited rule.", "",
+        *hits, "",
         "Reproduce: `make bench-workload` (`.venv/bin/python -m bench.workload --help`).", "",
     ])
 
@@ -246,6 +321,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=Shape().requests)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results-workload.md")
+    parser.add_argument("--no-hits", action="store_true", help="skip the wrk hit-path table")
     args = parser.parse_args()
     shape = Shape(requests=args.requests)
     steps = generate(shape)
@@ -270,6 +346,7 @@ def main() -> None:
                                               "127.0.0.1", "--save", "", "--appendonly", "no"],
                         clean_env())
             time.sleep(0.5)
+            hits = [] if args.no_hits else hit_path(bench, rules, jwks_url, tokens[1])
             for mode in ("per-credential", "shared"):
                 flush(rport)
                 result = run_mode(bench, mode, steps, tokens, rules[mode],
@@ -281,7 +358,7 @@ def main() -> None:
             bench.stop_all()
             asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
-    text = report(results, steps, shape, args.concurrency)
+    text = report(results, steps, shape, args.concurrency, hits)
     print(text)
     previous = args.out.read_text() if args.out.exists() else ""
     notes = previous.partition("<!-- notes -->")[2]  # kept across runs, as bench.run does
