@@ -71,7 +71,7 @@ CHARTED = {
 }
 ALERTED = {"CacheHitRateCollapsed", "CacheErrorRateHigh", "CacheBreakerOpen",
            "SidecarConfigReloadRejected", "SidecarUpstream5xxRateHigh",
-           "SidecarUpstreamErrorsHigh", "CacheDecryptFailures"}
+           "SidecarUpstreamErrorsHigh", "CacheDecryptFailures", "CacheAuditLinesLost"}
 
 
 # --- PromQL scanning ------------------------------------------------------------------------
