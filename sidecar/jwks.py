@@ -97,6 +97,13 @@ class Jwks:
             return False
         return True
 
+    def tick(self) -> None:
+        """Called on every verification, remembered or not: starts a due refresh in the
+        background and drops a set past `max_stale` (either bumps `generation` when the
+        keys change, which retires remembered results)."""
+        self._refresh_if_due()
+        self.usable()
+
     async def key(self, kid: str) -> SigningKey | None:
         """The key named `kid`; an unknown one waits for one rate-limited fetch."""
         self._refresh_if_due()
@@ -112,10 +119,11 @@ class Jwks:
         return self._keys.get(kid) if self.usable() else None
 
     def _refresh_if_due(self) -> None:
-        if self._task is None and self._fetched_at is not None and (
-                self._clock() - self._fetched_at >= self.refresh) and (
-                self._tried_at is None or self._clock() - self._tried_at >= self.min_interval):
-            self._spawn()
+        if self._task is None and self._fetched_at is not None:
+            now = self._clock()
+            if now - self._fetched_at >= self.refresh and (
+                    self._tried_at is None or now - self._tried_at >= self.min_interval):
+                self._spawn()
 
     def _spawn(self) -> None:
         if self._task is None and self._session is not None:

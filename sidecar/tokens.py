@@ -44,6 +44,7 @@ class TokenVerifier:
         self._seen: OrderedDict[str, tuple[int, float, Verified | None]] = OrderedDict()
 
     async def verify(self, token: str) -> Verified | None:
+        self.jwks.tick()  # a removed key must stop verifying remembered tokens too
         now = self._clock()
         known = self._seen.get(token)
         if known is not None:

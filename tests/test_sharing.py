@@ -194,11 +194,13 @@ async def test_key_rotation_new_kid_is_fetched_and_a_removed_key_stops_verifying
     new = idp.token("k2", sub="bob")
     assert (await stack.proxy.get(PATIENT, token=bearer(new))).x_cache == "HIT"
     assert stack.upstream_hits(PATIENT) == 1
-    # k1 leaves the set: after the next refresh a token it signed is no longer shared.
+    # A k1 token remembered under the current key set, then k1 leaves the set: after the
+    # next refresh it is no longer shared.
+    assert (await stack.proxy.get(PATIENT, token=bearer(old))).x_cache == "HIT"
     idp.published.remove("k1")
     generation = stack.rt.jwks.generation if stack.rt.jwks else 0
     await asyncio.sleep(0.35)
-    await stack.proxy.get(PATIENT, token=bearer(old))  # starts the background refresh
+    await stack.proxy.get(PATIENT, token=bearer(old))  # remembered; starts the refresh
     for _ in range(100):
         if stack.rt.jwks is not None and stack.rt.jwks.generation != generation:
             break
