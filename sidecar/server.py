@@ -93,6 +93,10 @@ def _log_startup(settings: Settings, rules: RuleSet, encrypted: bool, shared: bo
     elif not encrypted:
         log.warning("CACHE_ENCRYPTION_KEY is not set: the cache holds response bodies in "
                     "clear text")
+    for rule in rules.rules:
+        if rule.share is not None and settings.jwt_jwks_url is None:
+            log.warning("a rule has share: but CACHE_JWT_JWKS_URL is not set: no caller is "
+                        "shared", extra={"rule": rule.name})
     if settings.cache_enabled and not shared:
         log.warning("CACHE_KEY_SECRET is not set: a random per-process secret is used, so "
                     "replicas and restarts do not share entries of authenticated callers")
