@@ -62,7 +62,12 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload, "sighup")
+
+    def on_sighup() -> None:
+        rt.audit.close()  # reopened by the next line: a rotated audit file (logrotate)
+        reloader.reload("sighup")
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     if worker is not None:
         watch_lifeline(worker, stop)
     poller = asyncio.ensure_future(reloader.poll(settings.reload_interval))
