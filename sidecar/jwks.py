@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWKError, PyJWTError
 
 from sidecar.logs import RateLimitedWarning
 
@@ -145,7 +145,7 @@ class Jwks:
                 if len(raw) > _MAX_BYTES:
                     raise ValueError("JWKS larger than 512 KiB")
             raw_keys = _parse(json.loads(raw))
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except Exception as exc:  # a bad answer, whatever its shape, only keeps the last set
             self._warn.warn("jwks-fetch", f"JWKS fetch failed ({type(exc).__name__}: "
                             f"{exc}); keeping the last good set within its bound")
             return
@@ -176,6 +176,6 @@ def _parse(doc: Any) -> dict[str, tuple[str, SigningKey]]:
         try:
             keys[kid] = (json.dumps(item, sort_keys=True),
                          SigningKey(PyJWK.from_dict(item), frozenset(allowed)))
-        except PyJWKError:
-            continue
+        except (PyJWKError, PyJWTError, ValueError, TypeError, KeyError):
+            continue  # a key PyJWT cannot build is skipped, not the whole set
     return keys

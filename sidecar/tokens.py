@@ -52,7 +52,10 @@ class TokenVerifier:
             if generation == self.jwks.generation and now < until:
                 self._seen.move_to_end(token)
                 return result
-        result, until, definite = await self._check(token, now)
+        try:
+            result, until, definite = await self._check(token, now)
+        except Exception:  # never a failed request: the caller is just not shared
+            result, until, definite = None, now + _NEGATIVE_S, True
         if definite:
             self._remember(token, until, result)
         return result
