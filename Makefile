@@ -8,7 +8,7 @@ export REDIS_URL ?= memory://
 # The demo's admin port listens on loopback only, so purge works there without a token.
 export SIDECAR_ADMIN_HOST ?= 127.0.0.1
 
-.PHONY: install run test suite lint lock bench clean
+.PHONY: install run test suite lint lock bench bench-workload clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,11 @@ suite: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# A seeded clinical trace replayed per-credential and shared (bench/workload.py; minutes).
+bench-workload: install
+	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server"; exit 1; }
+	$(BIN)/python -m bench.workload
 
 clean:
 	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -13,27 +13,35 @@ from aiohttp import web
 
 from sidecar.access_log import AccessLog
 from sidecar.admin import admin_app
+from sidecar.audit import AuditSink
 from sidecar.bad_requests import server_logger
 from sidecar.breaker import Breaker
 from sidecar.codec import build_codec
 from sidecar.coordination import Coordinator, RedisCoordinator
 from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
+from sidecar.jwks import Jwks
 from sidecar.memory_store import MemoryStore
 from sidecar.metrics import Metrics
 from sidecar.near_cache import NearCache
 from sidecar.proxy import handle
 from sidecar.redis_ha import build_redis_store
 from sidecar.redis_url import parse_target
+from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
+from sidecar.sharing import Callers
 from sidecar.store import CacheStore
 from sidecar.telemetry import Telemetry
+from sidecar.tokens import TokenVerifier
 from sidecar.upstream import Upstream
 from sidecar.variants import CredentialHasher
 
 log = logging.getLogger("sidecar")
+# An unknown token `kid` fetches the JWKS again at most this often (made-up kids cannot
+# hammer the identity provider).
+_UNKNOWN_KID_INTERVAL_S = 30.0
 
 
 def build_store(settings: Settings, service: str = "identity") -> CacheStore:
@@ -86,10 +94,21 @@ def build_runtime(
             wait_seconds=settings.lease_wait_seconds, near=near)
         assert invalidator is not None
         coordinator.on_remote_invalidation = invalidator.remote  # tickets, flights, near tier
+    hasher = CredentialHasher(settings.key_secret, settings.credential_headers)
+    jwks = verifier = None
+    if settings.jwt_jwks_url is not None:
+        assert settings.jwt_issuer is not None and settings.jwt_audience is not None
+        jwks = Jwks(settings.jwt_jwks_url, refresh=settings.jwt_jwks_refresh,
+                    max_stale=settings.jwt_jwks_max_stale,
+                    min_interval=min(_UNKNOWN_KID_INTERVAL_S, settings.jwt_jwks_refresh),
+                    warn_interval=settings.warn_interval)
+        verifier = TokenVerifier(jwks, issuer=settings.jwt_issuer,
+                                 audience=settings.jwt_audience, leeway=settings.jwt_leeway)
     rt = Runtime(
         store=store, coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
+        audit=AuditSink(settings.audit_log, settings.audit_required),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
-        hasher=CredentialHasher(settings.key_secret, settings.credential_headers),
+        hasher=hasher, callers=Callers(hasher, verifier), jwks=jwks,
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
         metrics=metrics, upstream=Upstream(settings, telemetry), telemetry=telemetry,
         near=near,
@@ -111,8 +130,17 @@ def proxy_app(rt: Runtime) -> web.Application:
     # [\s\S]: the router sees the decoded path, where `%0A` is a newline `.` would miss.
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_token_keys)
     app.on_shutdown.append(_drain)
+    app.on_response_prepare.append(_request_id)
     return app
+
+
+async def _request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries the request's id (a one-buffer hit writes it itself, wire.py)."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 async def _drain(app: web.Application) -> None:
@@ -120,6 +148,16 @@ async def _drain(app: web.Application) -> None:
     rt = app[RUNTIME]
     rt.draining = True
     await rt.flights.cancel_background()
+
+
+async def _token_keys(app: web.Application) -> AsyncIterator[None]:
+    """The JWKS fetcher (its own small client session), when tokens are verified."""
+    jwks = app[RUNTIME].jwks
+    if jwks is not None:
+        await jwks.start()
+    yield
+    if jwks is not None:
+        await jwks.close()
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -137,6 +175,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await rt.store.close()
     await rt.upstream.close()
     rt.access_log.flush()
+    rt.audit.close()
     rt.telemetry.shutdown()
 
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         problems += exc.problems
     if args.check:
-        return _report(path, rules, problems)
+        return _report(path, rules, problems, settings)
     level = os.environ.get("SIDECAR_LOG_LEVEL", "").strip().upper()
     worker_fields = {"pid": os.getpid()} if args.worker_socket is not None else None
     configure_logging(settings.log_level if settings else
@@ -106,17 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(path: Path, rules: RuleSet | None, problems: list[str]) -> int:
+def _report(path: Path, rules: RuleSet | None, problems: list[str],
+            settings: Settings | None) -> int:
     """`--check`'s output; a reader that stops early (`| head -3`) ends it quietly."""
     try:
-        if problems or rules is None:
+        if problems or rules is None or settings is None:
             for problem in problems:
                 print(f"error: {problem}", file=sys.stderr)
             return EXIT_CONFIG
+        for rule in rules.rules:
+            if rule.share is not None and settings.jwt_jwks_url is None:
+                print(f"warning: {rules.source}: rule {rule.name!r} has share: but "
+                      "CACHE_JWT_JWKS_URL is not set: no caller is shared (each keeps its "
+                      "own variant)", file=sys.stderr)
         print(f"{path}: OK ({len(rules.rules)} rules, hash {rules.digest})")
         for rule in rules.rules:
             print(f"  {rule.name}: {rule.path} -> {rule.key} ttl={rule.ttl}s"
-                  f" (env {rule.ttl_env})")
+                  f" (env {rule.ttl_env})" + (" audit" if rule.audit else "")
+                  + (" share" if rule.share is not None else ""))
         sys.stdout.flush()
     except BrokenPipeError:
         # Python would report the failed flush at exit: point stdout at /dev/null first.

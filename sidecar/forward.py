@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.headers import client_headers, has_unsendable_value, upstream_request_headers
 from sidecar.logs import RateLimitedWarning
+from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
 from sidecar.responses import BYPASS, cache_status, error, label
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.upstream import CHUNK
@@ -32,10 +33,15 @@ OnHeaders = Callable[[int | None], Awaitable[None]]
 def forwarded_headers(
     request: web.Request, *, strip_conditionals: bool = False
 ) -> CIMultiDict[str]:
-    return upstream_request_headers(
+    headers = upstream_request_headers(
         request.headers, request.remote, request.app[RUNTIME].settings.public_origin,
         strip_conditionals=strip_conditionals,
     )
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:  # the service logs the same id as the sidecar
+        headers.popall(REQUEST_ID_HEADER, None)
+        headers[REQUEST_ID_HEADER] = request_id
+    return headers
 
 
 def upstream_failure(rt: Runtime, rule: str, exc: UpstreamError, x_cache: str) -> web.Response:

@@ -20,7 +20,9 @@ HOP_BY_HOP = frozenset({
 _REQUEST_DROP = frozenset({"host", "content-length", "expect"})
 # A stored response replays every end-to-end header of the miss that stored it (RFC 9111
 # §3.1), Date included; only these are computed again for each answer.
-COMPUTED_PER_ANSWER = frozenset({"age", "x-cache", "cache-status", "content-length"})
+# X-Request-ID is each request's own (request_ids.py), never the one of the stored miss.
+COMPUTED_PER_ANSWER = frozenset({"age", "x-cache", "cache-status", "content-length",
+                                 "x-request-id"})
 # Request headers that tell an origin where and how it was reached, or which URL/method to
 # act on. A service may build links or route from them, and they are not part of the
 # variant, so a client's values never reach the upstream (web cache poisoning); the

@@ -103,6 +103,9 @@ class Metrics:
         self.decrypt_failures = Counter(
             "cache_decrypt_failures", "Stored values that did not open (wrong key, tampering).",
             registry=r)
+        self.audit_failures = Counter(
+            "cache_audit_failures", "Audit lines of cached reads that could not be written.",
+            registry=r)
         self.reloads = Counter("config_reload", "Rule reload attempts.", ["result"],
                                registry=r)
         self.bad_requests = Counter(

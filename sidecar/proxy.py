@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
-from sidecar.decisions import Fresh, ServeStale, on_lookup, stale_if_error
+from sidecar.decisions import Fresh, Miss, ServeStale, on_lookup, stale_if_error
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
 from sidecar.fetch import OVERSIZED, fetch
@@ -34,6 +34,7 @@ from sidecar.policy import (
     request_bypass_reason,
     wants_refresh,
 )
+from sidecar.request_ids import REQUEST_ID
 from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, error, label, replay
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.telemetry import PROPAGATOR
@@ -58,6 +59,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     start = time.perf_counter()
     outcome = Outcome()
+    request_id = request[REQUEST_ID] = rt.request_ids.take(request.headers)
     if rt.telemetry.enabled:
         with rt.telemetry.tracer.start_as_current_span(
             f"proxy {request.method}", context=PROPAGATOR.extract(request.headers),
@@ -72,7 +74,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         response = await _route(request, rt, outcome)
     elapsed = time.perf_counter() - start
     rt.metrics.request_time(outcome.rule, outcome.cache, response.status, elapsed)
-    rt.access_log.record(request, outcome.rule, outcome.cache, response.status, elapsed)
+    rt.access_log.record(request, outcome.rule, outcome.cache, response.status, elapsed,
+                         request_id)
     return response
 
 
@@ -135,8 +138,10 @@ async def _cached(
     rule, headers = match.rule, request.headers
     prefix = rule.key_prefix
     codings = accepted_codings(headers)
-    field = variant_field(rt.hasher.fingerprint(headers), codings, match.query,
+    caller = await rt.callers.identify(rule, headers)
+    field = variant_field(caller.credential, codings, match.query,
                           varied_values(headers, rule.vary) if rule.vary else None)
+    subject = caller.subject
     head = request.method == "HEAD"
     refresh = wants_refresh(headers)
     terms = asked(headers) if rule.honours_origin else PLAIN  # RFC 9111 §5.2.1
@@ -150,33 +155,72 @@ async def _cached(
                        plain=terms is PLAIN, draining=rt.draining)
     if isinstance(looked, Fresh):
         assert entry is not None
+        unchanged = _conditional(request, entry)
+        if not _audited(request, rt, match, subject, HIT, entry, unchanged):
+            return await _unaudited(request, rt, outcome)
         rt.metrics.hit(prefix)
         outcome.cache = HIT
         return replay(entry, now=now, head=head, x_cache=HIT,
                       status=cache_status("hit", f"ttl={int(looked.remaining)}"),
-                      not_modified=_conditional(request, entry), plain=eligible(request))
+                      not_modified=unchanged, plain=eligible(request),
+                      request_id=request[REQUEST_ID])
     if isinstance(looked, ServeStale):
         assert entry is not None
-        rt.metrics.hit(prefix)
-        outcome.cache = STALE
-        if not looked.refresh:  # the caller's max-stale accepts it; no refresh for that
-            rt.metrics.stale.labels(prefix, "max-stale").inc()
-            status = cache_status("hit", "fwd=stale", "detail=max-stale")
-        else:
-            upstream_headers = forwarded_headers(request, strip_conditionals=True)
-            rt.flights.background(
-                (match.key, field),
-                lambda: fetch(rt, match, field, request.raw_path, upstream_headers, stale=entry))
-            rt.metrics.stale.labels(prefix, "revalidating").inc()
-            status = cache_status("hit", "fwd=stale", f"ttl={int(looked.remaining)}")
-        return replay(entry, now=now, head=head, x_cache=STALE, status=status,
-                      not_modified=_conditional(request, entry), plain=eligible(request))
+        unchanged = _conditional(request, entry)
+        if _audited(request, rt, match, subject, STALE, entry, unchanged):
+            return _serve_stale(request, rt, match, field, entry, looked, outcome, unchanged)
     rt.metrics.miss(prefix)
     outcome.cache = MISS
     if terms.only_if_cached:  # RFC 9111 §5.2.1.7: nothing usable, and no upstream asked
         return error(504, "not_cached", "No stored response satisfies only-if-cached.", MISS,
                      "only-if-cached")
-    return await _miss(request, rt, match, field, looked.stale, refresh, outcome, seen)
+    stale = looked.stale if isinstance(looked, Miss) else entry  # an unaudited stale copy
+    return await _miss(request, rt, match, field, stale, refresh, outcome, seen, subject)
+
+
+def _serve_stale(
+    request: web.Request, rt: Runtime, match: Match, field: str, entry: Entry,
+    looked: ServeStale, outcome: Outcome, unchanged: bool,
+) -> web.StreamResponse:
+    prefix = match.rule.key_prefix
+    rt.metrics.hit(prefix)
+    outcome.cache = STALE
+    if not looked.refresh:  # the caller's max-stale accepts it; no refresh for that
+        rt.metrics.stale.labels(prefix, "max-stale").inc()
+        status = cache_status("hit", "fwd=stale", "detail=max-stale")
+    else:
+        upstream_headers = forwarded_headers(request, strip_conditionals=True)
+        rt.flights.background(
+            (match.key, field),
+            lambda: fetch(rt, match, field, request.raw_path, upstream_headers, stale=entry))
+        rt.metrics.stale.labels(prefix, "revalidating").inc()
+        status = cache_status("hit", "fwd=stale", f"ttl={int(looked.remaining)}")
+    return replay(entry, now=rt.clock(), head=request.method == "HEAD", x_cache=STALE,
+                  status=status, not_modified=unchanged, plain=eligible(request),
+                  request_id=request[REQUEST_ID])
+
+
+def _audited(request: web.Request, rt: Runtime, match: Match, subject: str, outcome: str,
+             entry: Entry, unchanged: bool) -> bool:
+    """Whether a cached answer may go out: audited (on an `audit: true` rule) or allowed
+    without its line. A lost line is counted; `CACHE_AUDIT_REQUIRED` then refuses it."""
+    if not match.rule.audit:
+        return True
+    if rt.audit.write(rule=match.rule.name, key=match.key, subject=subject,
+                      client=request.remote, request_id=request[REQUEST_ID], outcome=outcome,
+                      status=304 if unchanged else entry.status):
+        return True
+    rt.metrics.audit_failures.inc()
+    return not rt.audit.required
+
+
+async def _unaudited(request: web.Request, rt: Runtime, outcome: Outcome
+                     ) -> web.StreamResponse:
+    """The audit line of a cached read was lost and is required: the service answers."""
+    rt.metrics.bypass.labels("audit-unavailable").inc()
+    outcome.cache = MISS
+    return await forward(request, rt, rule=outcome.rule, x_cache=MISS,
+                         detail="audit-unavailable")
 
 
 def _conditional(request: web.Request, entry: Entry) -> bool:
@@ -197,7 +241,7 @@ def _stale_if_error(rt: Runtime, entry: Entry | None, match: Match, now: float, 
 
 async def _miss(
     request: web.Request, rt: Runtime, match: Match, field: str, stale: Entry | None,
-    refresh: bool, outcome: Outcome, seen: int,
+    refresh: bool, outcome: Outcome, seen: int, subject: str,
 ) -> web.StreamResponse:
     rule, prefix = match.rule, match.rule.key_prefix
     upstream_headers = forwarded_headers(request, strip_conditionals=True)
@@ -216,14 +260,17 @@ async def _miss(
         return await forward(request, rt, rule=rule.name, x_cache=MISS, detail="uncached")
     except UpstreamError as exc:
         now = rt.clock()
-        if _stale_if_error(rt, stale, match, now, seen):
-            assert stale is not None
-            return _serve_stale_on_error(request, rt, match, stale, now, outcome)
+        if stale is not None and _stale_if_error(rt, stale, match, now, seen) and (
+                answer := _serve_stale_on_error(request, rt, match, stale, now, outcome,
+                                                subject)) is not None:
+            return answer
         return upstream_failure(rt, rule.name, exc, MISS)
     now = rt.clock()
-    if result.status >= 500 and _stale_if_error(rt, stale, match, now, seen):
-        assert stale is not None
-        return _serve_stale_on_error(request, rt, match, stale, now, outcome)
+    if result.status >= 500 and stale is not None and _stale_if_error(
+            rt, stale, match, now, seen) and (
+            answer := _serve_stale_on_error(request, rt, match, stale, now, outcome,
+                                            subject)) is not None:
+        return answer
     if result.oversized and leader:
         rt.metrics.not_stored.labels(prefix, OVERSIZED).inc()
         up = result.handover.take() if result.handover is not None else None
@@ -239,11 +286,14 @@ async def _miss(
     if not leader or result.replica:
         # Another request's fetch (here or in another replica) answers this one.
         assert result.entry is not None
+        unchanged = _conditional(request, result.entry)
+        # The service saw another request's fetch, not this one: audited as a cached read.
+        if not _audited(request, rt, match, subject, "COLLAPSED", result.entry, unchanged):
+            return await _unaudited(request, rt, outcome)
         if not leader:
             rt.metrics.coalesced.labels(prefix, "process").inc()
         return replay(result.entry, now=now, head=head, x_cache=MISS,
-                      status=cache_status("fwd=miss", "collapsed"),
-                      not_modified=_conditional(request, result.entry))
+                      status=cache_status("fwd=miss", "collapsed"), not_modified=unchanged)
     if result.not_stored is not None and result.status == 200:
         rt.metrics.not_stored.labels(prefix, result.not_stored).inc()
     # RFC 9211 §2.2: a stale entry the origin confirmed is `fwd=stale` with its 304.
@@ -255,16 +305,19 @@ async def _miss(
 
 def _serve_stale_on_error(
     request: web.Request, rt: Runtime, match: Match, stale: Entry, now: float,
-    outcome: Outcome,
-) -> web.StreamResponse:
+    outcome: Outcome, subject: str,
+) -> web.StreamResponse | None:
     # Already counted as a miss (the cache had nothing fresh); the stale counter says why
     # it was answered anyway, and the duration metric and access log say STALE, as the
     # client's X-Cache does.
+    unchanged = _conditional(request, stale)
+    if not _audited(request, rt, match, subject, STALE, stale, unchanged):
+        return None  # the copy cannot be audited: the service's failure stands
     rt.metrics.stale.labels(match.rule.key_prefix, "error").inc()
     outcome.cache = STALE
     return replay(stale, now=now, head=request.method == "HEAD", x_cache=STALE,
                   status=cache_status("hit", "fwd=stale", "detail=upstream-error"),
-                  not_modified=_conditional(request, stale))
+                  not_modified=unchanged)
 
 
 def _fresh_response(

@@ -32,16 +32,17 @@ def label(headers: CIMultiDict[str], x_cache: str, status: str) -> None:
 
 def replay(
     entry: Entry, *, now: float, head: bool, x_cache: str, status: str,
-    not_modified: bool = False, plain: bool = False,
+    not_modified: bool = False, plain: bool = False, request_id: str | None = None,
 ) -> web.Response | WireResponse:
     """A stored entry as a response; Age counts the time it has spent in the cache.
 
-    `plain` (see `wire.eligible`): the request may get the one-buffer answer.
+    `plain` (see `wire.eligible`): the request may get the one-buffer answer, which carries
+    `request_id` itself (the app's response-prepare hook adds it to every other answer).
     """
     if plain and not not_modified and not head:
         block = stored_block(entry)
         if block is not None:
-            return wire_replay(entry, block, entry.age(now), x_cache, status)
+            return wire_replay(entry, block, entry.age(now), x_cache, status, request_id)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in entry.headers:
         if not not_modified or name.lower() in _304_HEADERS:

@@ -34,7 +34,7 @@ VERSIONS = (1,)  # `version:` values this sidecar reads; absent means 1
 _DEFAULT_FIELDS = {"ttl", "ttl_env", "stale"}
 _RULE_FIELDS = {
     "name", "methods", "path", "params", "key", "ttl", "ttl_env", "query", "invalidates",
-    "stale", "mode", "vary",
+    "stale", "mode", "vary", "audit", "share",
 }
 # Request headers a rule may key on when the service sends `Vary` on them. Never these:
 # hop-by-hop, the per-answer ones, and what the variant already covers another way.
@@ -46,6 +46,8 @@ _NOT_VARIED = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-
 # with the TTL as an upper bound (see sidecar/freshness.py and docs/caching.md).
 TTL_MODE, RFC9111_MODE = "ttl", "rfc9111"
 MODES = (TTL_MODE, RFC9111_MODE)
+_SHARE_FIELDS = {"claims"}
+_CLAIM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
 _STALE_FIELDS = {"while_revalidate", "if_error", "max"}
 # A TTL, and each stale window, is at most a year: an entity's Redis expiry (TTL + largest
 # window) then stays under two years, far inside what EXPIRE and `entry.Entry` accept.
@@ -70,6 +72,23 @@ class Stale:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """`share: {claims: {role: [clinician, admin]}}`: a verified caller whose every named
+    claim holds one of its values (a list claim: any of them) uses the one shared variant."""
+
+    claims: tuple[tuple[str, frozenset[str]], ...]
+    # The variant's credential part for qualifying callers (computed once, it is on the hit
+    # path): never a fingerprint (hex) nor `anon`, and another policy (a reload that widens
+    # it) gets another marker.
+    marker: str = ""
+
+    @staticmethod
+    def of(claims: tuple[tuple[str, frozenset[str]], ...]) -> Share:
+        text = ";".join(f"{n}={','.join(sorted(v))}" for n, v in claims)
+        return Share(claims, "shared." + hashlib.sha256(text.encode()).hexdigest()[:12])
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     methods: frozenset[str]
@@ -85,6 +104,8 @@ class Rule:
     stale: Stale
     mode: str = TTL_MODE
     vary: tuple[str, ...] = ()  # request headers in the variant (lower case, sorted)
+    audit: bool = False  # every answer from the cache writes an audit line (audit.py)
+    share: Share | None = None  # verified callers with these claims share one variant
 
     @property
     def honours_origin(self) -> bool:
@@ -431,6 +452,11 @@ class _Parser:
                              f"(not {', '.join(sorted(_NOT_VARIED))}), got {vary!r}",
                       self.at(item, "vary"))
             vary = []
+        audit = item.get("audit", False)
+        if not isinstance(audit, bool):
+            self.fail(where, f"audit must be true or false, got {audit!r}",
+                      self.at(item, "audit"))
+        share = self.share(where, item)
         if len(self.problems) > count or compiled is None or key is None:
             return None
         return Rule(
@@ -439,7 +465,36 @@ class _Parser:
             key_prefix=key.rsplit(":", 1)[0], ttl=ttl,
             ttl_env=ttl_env, query=frozenset(query), invalidates=invalidates, stale=stale,
             mode=mode, vary=tuple(sorted({str(v).lower() for v in vary})),
+            audit=audit is True, share=share,
         )
+
+    def share(self, where: str, item: Any) -> Share | None:
+        value = item.get("share")
+        if value is None:
+            return None
+        accepted = "share must be {claims: {<claim>: [<value>, ...]}}"
+        if not isinstance(value, dict):
+            self.fail(where, f"{accepted}, got {value!r}", self.at(item, "share"))
+            return None
+        self.unknown(f"{where}: share", value, _SHARE_FIELDS)
+        claims = value.get("claims")
+        if not isinstance(claims, dict) or not claims:
+            self.fail(where, f"{accepted}: claims must name at least one claim",
+                      self.at(value, "claims") if "claims" in value else self.at(item, "share"))
+            return None
+        parsed: list[tuple[str, frozenset[str]]] = []
+        for name, values in claims.items():
+            if not isinstance(name, str) or not _CLAIM_NAME.fullmatch(name):
+                self.fail(where, f"share.claims: {name!r} is not a claim name (letters, "
+                                 "digits, '_', '.', ':', '-')", self.at(claims, name))
+                continue
+            if (not isinstance(values, list) or not values
+                    or not all(isinstance(v, str) and v for v in values)):
+                self.fail(where, f"share.claims.{name} must list the values that qualify, "
+                                 f"got {values!r}", self.at(claims, name))
+                continue
+            parsed.append((name, frozenset(values)))
+        return Share.of(tuple(sorted(parsed, key=lambda c: c[0])))
 
     def invalidates(self, where: str, item: Any, service: str) -> tuple[str, ...]:
         value = item.get("invalidates")

@@ -66,7 +66,12 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload, "sighup")
+
+    def on_sighup() -> None:
+        rt.audit.close()  # reopened by the next line: a rotated audit file (logrotate)
+        reloader.reload("sighup")
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     if worker is not None:
         watch_lifeline(worker, stop)
     poller = asyncio.ensure_future(reloader.poll(settings.reload_interval))
@@ -98,6 +103,10 @@ def _log_startup(settings: Settings, rules: RuleSet, encrypted: bool, shared: bo
     elif not encrypted:
         log.warning("CACHE_ENCRYPTION_KEY is not set: the cache holds response bodies in "
                     "clear text")
+    for rule in rules.rules:
+        if rule.share is not None and settings.jwt_jwks_url is None:
+            log.warning("a rule has share: but CACHE_JWT_JWKS_URL is not set: no caller is "
+                        "shared", extra={"rule": rule.name})
     if settings.cache_enabled and not shared:
         log.warning("CACHE_KEY_SECRET is not set: a random per-process secret is used, so "
                     "replicas and restarts do not share entries of authenticated callers")

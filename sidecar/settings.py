@@ -36,7 +36,9 @@ ENV_VARS = (
     "UPSTREAM_MAX_CONNECTIONS", "SIDECAR_SHUTDOWN_TIMEOUT_S", "SIDECAR_KEEPALIVE_TIMEOUT_S",
     "SIDECAR_HEADER_TIMEOUT_S", "SIDECAR_RELOAD_INTERVAL_S", "SIDECAR_ADMIN_TOKEN",
     "SIDECAR_ACCESS_LOG_SAMPLE", "SIDECAR_LOG_LEVEL", "SIDECAR_WARN_INTERVAL_S",
-    "CACHE_NEAR_MAX_BYTES", "SIDECAR_WORKERS",
+    "CACHE_NEAR_MAX_BYTES", "SIDECAR_WORKERS", "CACHE_AUDIT_LOG", "CACHE_AUDIT_REQUIRED",
+    "CACHE_JWT_JWKS_URL", "CACHE_JWT_ISSUER", "CACHE_JWT_AUDIENCE", "CACHE_JWT_LEEWAY_S",
+    "CACHE_JWT_JWKS_REFRESH_S", "CACHE_JWT_JWKS_MAX_STALE_S",
 )
 OTHER_ENV_VARS = ("SIDECAR_CONFIG", "CACHE_TTL_DEFAULT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _TRUE = {"1", "true", "yes", "on"}
@@ -86,6 +88,15 @@ class Settings:
     public_origin: tuple[str, str] | None = None
     workers: int = 1  # proxy processes sharing the port (SO_REUSEPORT); 1: no supervisor
     log_level: str = "INFO"
+    audit_log: str = "stdout"  # the audit sink of cached reads: "stdout" or a file path
+    audit_required: bool = False  # a cached read whose audit line fails goes upstream
+    # Token verification for `share:` rules (tokens.py, jwks.py); None: nobody is shared.
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: float = 30.0
+    jwt_jwks_refresh: float = 300.0
+    jwt_jwks_max_stale: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -277,6 +288,13 @@ class Settings:
             public_origin=public_origin,
             workers=_count(env.get("SIDECAR_WORKERS", ""), "SIDECAR_WORKERS", d.workers, problems),
             log_level=level,
+            audit_log=_audit_target(text("CACHE_AUDIT_LOG", d.audit_log), problems),
+            audit_required=flag("CACHE_AUDIT_REQUIRED", d.audit_required),
+            jwt_leeway=number("CACHE_JWT_LEEWAY_S", d.jwt_leeway, minimum=-1e-9,
+                              maximum=300.0, accepted="seconds from 0 to 300, e.g. 30"),
+            jwt_jwks_refresh=number("CACHE_JWT_JWKS_REFRESH_S", d.jwt_jwks_refresh),
+            jwt_jwks_max_stale=number("CACHE_JWT_JWKS_MAX_STALE_S", d.jwt_jwks_max_stale),
+            **_jwt(env, problems),
         )
         if settings.workers > 1 and settings.cache_enabled and redis_url.startswith("memory://"):
             problems.append("environment: SIDECAR_WORKERS>1 needs a shared cache: with "
@@ -317,6 +335,44 @@ def _origin(raw: str, problems: list[str]) -> tuple[str, str] | None:
                         "https://identity.example.org or https://host:8443 (no path)")
         return None
     return scheme.lower(), rest
+
+
+def _jwt(env: Mapping[str, str], problems: list[str]) -> dict[str, str | None]:
+    """The JWKS URL with the issuer and audience it needs (all three, or none)."""
+    url, issuer, audience = (env.get(name, "").strip() or None for name in (
+        "CACHE_JWT_JWKS_URL", "CACHE_JWT_ISSUER", "CACHE_JWT_AUDIENCE"))
+    if url is not None and not (url.startswith(("http://", "https://")) and _upstream_ok(url)):
+        problems.append(f"environment: CACHE_JWT_JWKS_URL={url!r} is not an http:// or "
+                        "https:// URL (accepted: e.g. https://idp.example.org/.well-known/"
+                        "jwks.json)")
+        url = None
+    elif url is not None:
+        for name, value in (("CACHE_JWT_ISSUER", issuer), ("CACHE_JWT_AUDIENCE", audience)):
+            if value is None:
+                problems.append(f"environment: {name} must be set with CACHE_JWT_JWKS_URL "
+                                "(a token of another issuer or audience must never share)")
+    else:
+        for name, value in (("CACHE_JWT_ISSUER", issuer), ("CACHE_JWT_AUDIENCE", audience)):
+            if value is not None:
+                problems.append(f"environment: {name} is set but CACHE_JWT_JWKS_URL is not "
+                                "(accepted: all three set, or none)")
+    return {"jwt_jwks_url": url, "jwt_issuer": issuer, "jwt_audience": audience}
+
+
+def _audit_target(value: str, problems: list[str]) -> str:
+    """`stdout`, or an absolute file path in a directory that exists."""
+    if value == "stdout":
+        return value
+    path = Path(value)
+    problem = ("is not an absolute path" if not path.is_absolute()
+               else "is a directory" if path.is_dir()
+               else "is in a directory that does not exist" if not path.parent.is_dir()
+               else None)
+    if problem:
+        problems.append(f"environment: CACHE_AUDIT_LOG={value!r} {problem} (accepted: "
+                        "stdout, or an absolute file path such as /var/log/sidecar/audit.log)")
+        return "stdout"
+    return value
 
 
 def _bind_problem(host: str) -> str | None:

@@ -30,6 +30,7 @@ from sidecar.headers import (
     UNSENDABLE,
     X_CACHE,
 )
+from sidecar.request_ids import REQUEST_ID_HEADER
 
 # aiohttp's StreamWriter drains above this many buffered bytes; so does a wire answer.
 _DRAIN_ABOVE = 2**16
@@ -102,10 +103,12 @@ class WireResponse(web.StreamResponse):
         return
 
 
-def wire_replay(entry: Entry, block: bytes, age: int, x_cache: str, status: str
-                ) -> WireResponse:
+def wire_replay(entry: Entry, block: bytes, age: int, x_cache: str, status: str,
+                request_id: str | None = None) -> WireResponse:
+    """`request_id` is of the safe alphabet (request_ids.SAFE_ID): no CR/LF can occur."""
     body = entry.body
     head = (f"HTTP/1.1 {entry.status} {_REASONS.get(entry.status, '')}\r\n").encode()
-    tail = (f"{AGE}: {age}\r\n{X_CACHE}: {x_cache}\r\n{CACHE_STATUS}: {status}\r\n"
+    rid = f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id is not None else ""
+    tail = (f"{AGE}: {age}\r\n{X_CACHE}: {x_cache}\r\n{CACHE_STATUS}: {status}\r\n{rid}"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     return WireResponse(entry.status, b"".join((head, block, tail, body)))

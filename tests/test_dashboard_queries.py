@@ -78,7 +78,7 @@ CHARTED = {
 }
 ALERTED = {"CacheHitRateCollapsed", "CacheErrorRateHigh", "CacheBreakerOpen", "CacheBackendDown",
            "SidecarConfigReloadRejected", "SidecarUpstream5xxRateHigh",
-           "SidecarUpstreamErrorsHigh", "CacheDecryptFailures"}
+           "SidecarUpstreamErrorsHigh", "CacheDecryptFailures", "CacheAuditLinesLost"}
 
 
 # --- PromQL scanning ------------------------------------------------------------------------

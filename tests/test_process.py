@@ -211,3 +211,25 @@ async def test_reload_survives_a_configmap_symlink_swap_and_sighup(
         assert await _ttl(session, sidecar, 4) <= 30
     finally:
         sidecar.stop()
+
+
+async def test_sighup_reopens_a_rotated_audit_file(
+    stub_server: TestServer, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.log"
+    sidecar = SidecarProcess({**_upstream(stub_server), "CACHE_AUDIT_LOG": str(log),
+                              "SIDECAR_RELOAD_INTERVAL_S": "3600"}, ROUTES)
+    sidecar.launch()
+    await sidecar.ready()
+    try:
+        await _ttl(session, sidecar, 5)  # a miss, then a hit: one audit line
+        assert len(log.read_text().splitlines()) == 1
+        log.rename(tmp_path / "audit.log.1")  # logrotate's `create`
+        sidecar.signal(signal.SIGHUP)
+        await _metric(session, sidecar, 'config_reload_total{result="ok"} 1.0')
+        async with session.get(sidecar.base + "/api/v1/patients/5", headers=AUTH) as r:
+            assert r.headers["X-Cache"] == "HIT"
+        assert len(log.read_text().splitlines()) == 1  # the new file got the new line
+        assert len((tmp_path / "audit.log.1").read_text().splitlines()) == 1
+    finally:
+        sidecar.stop()

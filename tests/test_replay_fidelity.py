@@ -36,7 +36,7 @@ SERVICE_HEADERS = [
     ("X-Dup", "first"),
     ("X-Dup", "second"),
 ]
-PER_ANSWER = {"age", "x-cache", "cache-status"}
+PER_ANSWER = {"age", "x-cache", "cache-status", "x-request-id"}
 
 
 def _comparable(headers: object) -> list[tuple[str, str]]:
@@ -125,5 +125,7 @@ async def test_one_buffer_hit_sends_the_bytes_of_the_ordinary_hit(
         return sorted((k, v) for k, v in headers if k not in PER_ANSWER | {"connection"})
 
     assert same(plain[1]) == same(closing[1]) == same(old[1])
+    ids = [dict(headers)["x-request-id"] for _status, headers, _body in (plain, closing, old)]
+    assert len(set(ids)) == 3  # each answer its own id, the one-buffer one too
     assert [v for k, v in plain[1] if k == "x-dup"] == ["first", "second"]
     assert ("connection", "close") in closing[1] and "connection" not in dict(plain[1])

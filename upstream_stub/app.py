@@ -154,7 +154,8 @@ async def delete_patient(call: Call) -> web.StreamResponse:
 @web.middleware
 async def _count_and_shape_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every request as the backend saw it and give errors FastAPI's JSON shape."""
-    await request.app[STATE].arrived(f"{request.method} {request.raw_path.partition('?')[0]}")
+    await request.app[STATE].arrived(f"{request.method} {request.raw_path.partition('?')[0]}",
+                                     request.headers.get("X-Request-Id"))
     try:
         return await handler(request)
     except StubError as exc:

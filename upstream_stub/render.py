@@ -110,7 +110,8 @@ async def render(
     body = _padded(payload, hooks.body_bytes)
     headers: CIMultiDict[str] = CIMultiDict()
     headers["Content-Type"] = "application/json"
-    headers["X-Request-Id"] = str(uuid.uuid4())
+    # Like a service that honours the caller's id (the sidecar sends one), else makes one.
+    headers["X-Request-Id"] = request.headers.get("X-Request-Id") or str(uuid.uuid4())
     if last_modified is not None:
         # Like a service behind proxy-headers middleware: links built from the forwarded
         # host and proto (the poisoning vector a cache must neutralise).

@@ -19,6 +19,7 @@ MISSING_FROM_ID = 10**15  # ids at or above this are "not in the database"
 class StubState:
     settings: StubSettings
     hits: Counter[str] = field(default_factory=Counter)
+    request_ids: list[str] = field(default_factory=list)  # X-Request-ID of each arrival
     patients: dict[int, data.Record] = field(default_factory=dict)
     deleted: set[int] = field(default_factory=set)
     next_id: int = FIRST_CREATED_ID
@@ -29,9 +30,11 @@ class StubState:
         self.rng = random.Random(self.settings.seed)
         self._arrivals = asyncio.Condition()
 
-    async def arrived(self, key: str) -> None:
+    async def arrived(self, key: str, request_id: str | None = None) -> None:
         """Count a request and wake whoever waits for it (`wait_for`)."""
         self.hits[key] += 1
+        if request_id is not None:
+            self.request_ids.append(request_id)
         async with self._arrivals:
             self._arrivals.notify_all()
 
@@ -42,6 +45,7 @@ class StubState:
 
     def reset(self) -> None:
         self.hits.clear()
+        self.request_ids.clear()
         self.patients.clear()
         self.deleted.clear()
         self.next_id = FIRST_CREATED_ID

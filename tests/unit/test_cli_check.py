@@ -93,7 +93,7 @@ def test_ttl_beyond_a_year_fails(
     monkeypatch.setenv("CACHE_TTL_PROFESSIONAL", "2000000000")
     assert main(["--check", "--config", str(ROUTES)]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"error: {ROUTES}:29:5: rule #2 'professional': environment " \
+    assert f"error: {ROUTES}:31:5: rule #2 'professional': environment " \
            "CACHE_TTL_PROFESSIONAL='2000000000' is too long: a ttl must be 1 to 31536000 " \
            "seconds (365 days)" in err
 
@@ -143,3 +143,32 @@ def test_python_m_sidecar_check_exits_78_on_a_bad_file(bad_file: Path) -> None:
     assert result.stdout == ""
     assert f"error: {bad_file}:4:5: rule #1 'patient': key 'identity:patient:all'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+SHARED = ROUTES.read_text().replace(
+    "    audit: true\n", "    audit: true\n    share: {claims: {role: [clinician]}}\n", 1)
+
+
+def test_share_without_a_jwks_passes_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text(SHARED)
+    assert main(["--check", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"warning: {path}: rule 'patient' has share: but CACHE_JWT_JWKS_URL is "
+                   "not set: no caller is shared (each keeps its own variant)\n")
+    assert "ttl=600s (env CACHE_TTL_PATIENT) audit share" in out
+    monkeypatch.setenv("CACHE_JWT_JWKS_URL", "https://idp.example.org/jwks.json")
+    monkeypatch.setenv("CACHE_JWT_ISSUER", "https://idp.example.org")
+    monkeypatch.setenv("CACHE_JWT_AUDIENCE", "identity-api")
+    assert main(["--check", "--config", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_bad_share_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text(SHARED.replace("[clinician]", "clinician"))
+    assert main(["--check", "--config", str(path)]) == EXIT_CONFIG
+    assert "share.claims.role must list the values that qualify, got 'clinician'" in (
+        capsys.readouterr().err)

@@ -101,5 +101,71 @@ def test_an_unknown_field_points_at_itself() -> None:
             tll: 600
     """)
     assert found == [f"{SOURCE}:5:5: rule #1 'patient': unknown field 'tll' (allowed: "
-                     "invalidates, key, methods, mode, name, params, path, query, stale, ttl, "
-                     "ttl_env, vary)"]
+                     "audit, invalidates, key, methods, mode, name, params, path, query, "
+                     "share, stale, ttl, ttl_env, vary)"]
+
+
+def test_audit_must_be_a_boolean_and_points_at_itself() -> None:
+    found = problems("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            audit: "yes"
+    """)
+    assert found == [f"{SOURCE}:5:5: rule #1 'patient': audit must be true or false, "
+                     "got 'yes'"]
+
+
+def test_audit_true_is_read_and_absent_means_off() -> None:
+    rules = parse_rules(textwrap.dedent("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            audit: true
+          - name: professional
+            path: /api/v1/professionals/{id}
+            key: identity:professional:{id}
+    """).encode(), SOURCE, {})
+    assert [r.audit for r in rules.rules] == [True, False]
+
+
+def test_share_names_claims_and_the_values_that_qualify() -> None:
+    rules = parse_rules(textwrap.dedent("""\
+        rules:
+          - name: patient
+            path: /api/v1/patients/{id}
+            key: identity:patient:{id}
+            share: {claims: {role: [clinician, admin]}}
+    """).encode(), SOURCE, {})
+    share = rules.rules[0].share
+    assert share is not None and share.claims == (("role", frozenset({"clinician", "admin"})),)
+    assert share.marker.startswith("shared.")
+
+
+@pytest.mark.parametrize("share, problem", [
+    ("[clinician]", "7:5: rule #1 'patient': share must be {claims: {<claim>: [<value>, "
+                    "...]}}, got ['clinician']"),
+    ("{roles: [clinician]}", "7:13: rule #1 'patient': share: unknown field 'roles' "
+                             "(allowed: claims)"),
+    ("{roles: [clinician]}", "7:5: rule #1 'patient': share must be {claims: {<claim>: "
+                             "[<value>, ...]}}: claims must name at least one claim"),
+    ("{claims: {}}", "7:13: rule #1 'patient': share must be {claims: {<claim>: [<value>, "
+                     "...]}}: claims must name at least one claim"),
+    ("{claims: {role: clinician}}", "7:22: rule #1 'patient': share.claims.role must list "
+                                    "the values that qualify, got 'clinician'"),
+    ("{claims: {role: []}}", "7:22: rule #1 'patient': share.claims.role must list the "
+                             "values that qualify, got []"),
+])
+def test_a_bad_share_is_refused_where_it_is(share: str, problem: str) -> None:
+    found = problems(f"""\
+        version: 1
+        rules:
+          - name: patient
+            path: /api/v1/patients/{{id}}
+            key: identity:patient:{{id}}
+            ttl: 10
+            share: {share}
+    """)
+    assert f"{SOURCE}:{problem}" in found

@@ -59,6 +59,14 @@ BAD: dict[str, list[str]] = {
     "SIDECAR_WARN_INTERVAL_S": ["0"],
     "CACHE_NEAR_MAX_BYTES": ["1.5", "-1", "lots"],
     "SIDECAR_WORKERS": ["0", "2.5", "two"],
+    "CACHE_AUDIT_LOG": ["audit.log", "/nonexistent/dir/audit.log", "/"],
+    "CACHE_AUDIT_REQUIRED": ["sometimes"],
+    "CACHE_JWT_JWKS_URL": ["idp.example.org/jwks", "ftp://idp/jwks", "https://idp:99999/"],
+    "CACHE_JWT_ISSUER": ["https://idp.example.org"],  # without a JWKS URL
+    "CACHE_JWT_AUDIENCE": ["identity-api"],
+    "CACHE_JWT_LEEWAY_S": ["-1", "600", "soon"],
+    "CACHE_JWT_JWKS_REFRESH_S": ["0"],
+    "CACHE_JWT_JWKS_MAX_STALE_S": ["-5"],
 }
 
 
@@ -90,9 +98,21 @@ def test_a_bad_value_is_refused_with_the_accepted_form(name: str, value: str) ->
     ("CACHE_ENCRYPTION_KEY", "A" * 43 + "="),
     ("CACHE_ENCRYPTION_KEY_PREVIOUS", f"{'A' * 43}=,{'B' * 43}="),
     ("CACHE_CREDENTIAL_HEADERS", "Authorization,Cookie,X-Api-Key"),
+    ("CACHE_JWT_LEEWAY_S", "0"),
 ])
 def test_good_values_pass(name: str, value: str) -> None:
     Settings.from_env({name: value})
+
+
+def test_the_jwks_url_needs_issuer_and_audience() -> None:
+    url = {"CACHE_JWT_JWKS_URL": "https://idp.example.org/jwks.json"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(url)
+    assert [p.split(" ", 2)[1] for p in info.value.problems] == [
+        "CACHE_JWT_ISSUER", "CACHE_JWT_AUDIENCE"]
+    settings = Settings.from_env({**url, "CACHE_JWT_ISSUER": "https://idp.example.org",
+                                  "CACHE_JWT_AUDIENCE": "identity-api"})
+    assert settings.jwt_jwks_url == url["CACHE_JWT_JWKS_URL"]
 
 
 def test_log_level_is_normalised() -> None:
