@@ -21,12 +21,13 @@ import jwt
 from sidecar.jwks import ASYMMETRIC, Jwks
 
 _REMEMBER = 4096
-_NEGATIVE_S = 60.0  # a refused token is tried again after this (or its exp, if sooner)
+_NEGATIVE_S = 60.0  # a refused token is checked again after this
 
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """A token that verified: its subject and claims (never logged, never stored)."""
+    """A token that verified: its subject (written only to the audit sink) and claims (held
+    in memory, never logged or stored)."""
 
     subject: str
     claims: Mapping[str, Any]
