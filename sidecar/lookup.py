@@ -20,13 +20,15 @@ async def lookup(rt: Runtime, match: Match, field: str) -> Entry | None:
     near = rt.near
     epoch = 0
     if near is not None:
-        # The near tier answers to its own guard, the invalidation channel (near_cache.py),
-        # not to the Redis breaker: while the channel is in sync it keeps serving, even when
-        # Redis data calls fail.
-        entry = near.get(match.key, field, rt.clock())
-        if entry is not None:
-            rt.metrics.near_hit(match.rule.key_prefix)
-            return entry
+        if not rt.cache.breaker.closed:
+            # Redis is failing: invalidations may not be getting through. Start afresh.
+            if len(near):
+                near.flush()
+        else:
+            entry = near.get(match.key, field, rt.clock())
+            if entry is not None:
+                rt.metrics.near_hit(match.rule.key_prefix)
+                return entry
         epoch = near.epoch
     entry = await _from_store(rt, match, field)
     if entry is not None and near is not None:

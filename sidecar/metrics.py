@@ -94,7 +94,7 @@ class Metrics:
             "cache_hits_total).", ["key_prefix"], registry=r)
         self.near_flushes = Counter(
             "cache_near_flushes", "Near tier flushes: the invalidation channel was lost or "
-            "(re)established.", registry=r)
+            "(re)established, or the Redis breaker opened.", registry=r)
         self.conservative_erases = Counter(
             "cache_conservative_erases", "Writes to an id the sidecar could not read, which "
             "erased every entity under the rule's prefix.", ["key_prefix"], registry=r)

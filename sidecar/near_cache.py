@@ -12,13 +12,6 @@ must never serve what Redis no longer holds, so:
   missed meanwhile);
 - a Redis read that began before an invalidation arrived is not inserted (`epoch`): the
   value it read may be the one just invalidated.
-
-That channel is this tier's own breaker. The Redis breaker opening does not flush it:
-data calls can fail (timeouts, OOM, a refused permission) while the subscription still
-delivers every invalidation, and a Redis that is really gone takes the subscription with
-it (a dead socket at once, a frozen one within the heartbeat's deadline, see
-`coordination.py`). So hot entries keep being served while Redis is unusable, and never
-past the moment a missed message could matter.
 """
 
 from __future__ import annotations

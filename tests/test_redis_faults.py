@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REDIS_FAULT_BUDGETS, Stack, StackFactory
 from tests.redis_process import RedisProcess
-from tests.waiting import until
 
 PATIENT = "/api/v1/patients/42"
 # What "fast" means while Redis is dead or frozen: far above the 100 ms budgets plus a busy
@@ -90,44 +89,3 @@ async def test_redis_unreachable_from_the_start(make_stack: StackFactory) -> Non
         reply = await stack.proxy.get(path)
         assert reply.status == 200 and reply.x_cache == "MISS"
     assert time.monotonic() - start < FAST
-
-
-async def test_the_near_tier_keeps_serving_while_the_redis_breaker_is_open(
-    make_stack: StackFactory, own_redis: RedisProcess
-) -> None:
-    """Each tier has its own guard: Redis data calls fail (the user loses them) and the
-    breaker opens, but the subscription still delivers invalidations, so near hits go on;
-    a write still evicts them; once the subscription dies, the near tier stops too."""
-    stack = await make_stack({"CACHE_BREAKER_FAILURES": "3"}, redis_url=own_redis.url)
-    await until_in_sync(stack)
-    assert (await stack.proxy.get(PATIENT)).x_cache == "MISS"
-    assert (await stack.proxy.get(PATIENT)).x_cache == "HIT"
-    # Only the subscription's own commands remain allowed.
-    assert own_redis.command("ACL", "SETUSER", "default", "-@all", "+ping", "+subscribe",
-                             "+publish") == b"+OK"
-    for n in range(5):  # misses on other patients trip the breaker
-        assert (await stack.proxy.get(f"/api/v1/patients/{100 + n}")).status == 200
-    assert await _backend_up(stack) == 0
-    hot = await stack.proxy.get(PATIENT)
-    assert hot.status == 200 and hot.x_cache == "HIT" and hot.json()["id"] == "42"
-    put = await stack.proxy.request("PUT", PATIENT, data=b'{"gender": "other"}',
-                                    headers={"Content-Type": "application/json"})
-    assert put.status == 200
-    after = await stack.proxy.get(PATIENT)
-    assert after.x_cache == "MISS" and after.json()["gender"] == "other"
-    own_redis.kill()  # the subscription goes: nothing may be served from memory now
-    await until_out_of_sync(stack)
-    assert (await stack.proxy.get(PATIENT)).x_cache == "MISS"
-
-
-async def until_in_sync(stack: Stack) -> None:
-    await until(lambda: _near(stack, True), "near tier in sync")
-
-
-async def until_out_of_sync(stack: Stack) -> None:
-    await until(lambda: _near(stack, False), "near tier out of sync")
-
-
-async def _near(stack: Stack, in_sync: bool) -> bool:
-    body = (await stack.admin.get("/readyz", token=None)).json()
-    return bool(body["near"] == ("in-sync" if in_sync else "out-of-sync"))
