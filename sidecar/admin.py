@@ -174,10 +174,11 @@ async def _purge(request: web.Request, rt: Runtime, scope: str, target: str) -> 
         rt.metrics.purges.labels(scope, "error").inc()
         _audit(request, who, scope, shown, f"error:{type(exc.__cause__ or exc).__name__}", None)
         return _json(503, error="cache_unavailable", message="the cache did not answer")
-    if scope == "key":
-        await rt.coordinator.announce((target,), None)
+    keys, prefix = ((target,), None) if scope == "key" else ((), target)
+    if rt.invalidator is not None:
+        await rt.invalidator.tell_others(keys, prefix)  # retried if it may not have gone out
     else:
-        await rt.coordinator.announce((), target)
+        await rt.coordinator.announce(keys, prefix)
     rt.metrics.purges.labels(scope, "ok").inc()
     rt.metrics.invalidations.labels("purge").inc(removed)
     _audit(request, who, scope, shown, "ok", removed)

@@ -85,9 +85,10 @@ class Coordinator:
         """The release and its wake-up, to ride along with the store."""
         return None
 
-    async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
-        """Tell the other replicas' near-caches that these entities changed."""
-        return None
+    async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> bool:
+        """Tell the other replicas' near-caches that these entities changed; False if the
+        message may not have gone out (the caller retries it)."""
+        return True
 
 
 class RedisCoordinator(Coordinator):
@@ -197,15 +198,16 @@ class RedisCoordinator(Coordinator):
 
         await self.cache.call("publish", prefix, publish, None)
 
-    async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
+    async def announce(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> bool:
         if not keys and prefix is None:
-            return
+            return True
         body = "\n".join(("P", prefix) if prefix is not None else ("K", *keys))
 
-        async def publish() -> None:
+        async def publish() -> bool:
             await self.store.publish(self.invalidate_channel, f"{self.origin}\n{body}")
+            return True
 
-        await self.cache.call("publish", "invalidation", publish, None)
+        return await self.cache.call("publish", "invalidation", publish, False)
 
     async def _listen(self) -> None:
         """One subscription per process; reconnects after a pause when Redis goes away.

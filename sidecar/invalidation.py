@@ -56,7 +56,11 @@ class Invalidator:
         self._written: dict[str, int] = {}
         self._floor = 0
         # Tells the other replicas (their near-caches) once the store has been told.
-        self.announce: Callable[[tuple[str, ...], str | None], Awaitable[None]] | None = None
+        self.announce: Callable[[tuple[str, ...], str | None], Awaitable[bool]] | None = None
+        # Announcements that may not have reached the other replicas: retried like deletes,
+        # since a replica that never hears of a write keeps serving its near copy.
+        self._unannounced: set[str] = set()
+        self._unannounced_prefixes: set[str] = set()
 
     def begin(self, key: str) -> Ticket:
         ticket = Ticket()
@@ -138,8 +142,7 @@ class Invalidator:
             self.defer(keys)
         else:
             self.metrics.invalidations.labels(kind).inc(len(keys))
-        if self.announce is not None:
-            await self.announce(keys, None)
+        await self.tell_others(keys)
 
     async def invalidate_prefixes(self, prefixes: tuple[str, ...]) -> None:
         """Erase every entity under these prefixes: a write hit one the sidecar cannot name.
@@ -154,10 +157,22 @@ class Invalidator:
         for prefix in prefixes:
             self.metrics.conservative_erases.labels(prefix).inc()
             await self._erase_prefix(prefix)
-            if self.announce is not None:
-                await self.announce((), prefix)
+            await self.tell_others(prefix=prefix)
         if self._pending_prefixes:
             self._start_retry()
+
+    async def tell_others(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
+        """Tell the other replicas; what may not have gone out is sent again later."""
+        if self.announce is None or await self.announce(keys, prefix):
+            return
+        if prefix is not None:
+            self._unannounced_prefixes.add(prefix)
+        else:
+            self._unannounced.update(keys)
+        if len(self._unannounced) > MAX_PENDING:  # bounded: one prefix message per entity kind
+            self._unannounced_prefixes.update(k.rpartition(":")[0] for k in self._unannounced)
+            self._unannounced.clear()
+        self._start_retry()
 
     async def _erase_prefix(self, prefix: str) -> bool:
         try:
@@ -194,8 +209,10 @@ class Invalidator:
             self._retry = asyncio.ensure_future(self._retry_loop())
 
     async def _retry_loop(self) -> None:
-        while self._pending or self._pending_prefixes:
+        while (self._pending or self._pending_prefixes or self._unannounced
+               or self._unannounced_prefixes):
             await asyncio.sleep(self.retry_every)
+            await self._announce_again()
             for prefix in sorted(self._pending_prefixes):
                 await self._erase_prefix(prefix)
             keys = sorted(self._pending)
@@ -203,8 +220,17 @@ class Invalidator:
                 self.poison(tuple(keys))
                 self._pending.difference_update(keys)
                 self.metrics.invalidations.labels("deferred").inc(len(keys))
-                if self.announce is not None:
-                    await self.announce(tuple(keys), None)
+                await self.tell_others(tuple(keys))
+
+    async def _announce_again(self) -> None:
+        if self.announce is None:
+            return
+        for prefix in sorted(self._unannounced_prefixes):
+            if await self.announce((), prefix):
+                self._unannounced_prefixes.discard(prefix)
+        keys = tuple(sorted(self._unannounced))
+        if keys and await self.announce(keys, None):
+            self._unannounced.difference_update(keys)
 
     async def wait_idle(self) -> None:
         """Until the pending invalidations are through (for drain and tests)."""
