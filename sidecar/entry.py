@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+from sidecar.headers import COMPUTED_PER_ANSWER, HOP_BY_HOP, UNSENDABLE
 
 _MAGIC = b"SC1"
 _LEN = struct.Struct(">I")
 # Largest ttl / initial age a stored entry may carry; anything above is read as damage.
 # Rules are capped far below it (`rules.MAX_TTL_SECONDS`), so every entry we write decodes.
 MAX_STORED_SECONDS = 10**9 - 1
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_NEVER_STORED = HOP_BY_HOP | COMPUTED_PER_ANSWER
 
 
 class CorruptEntry(ValueError):
@@ -104,8 +109,14 @@ class Entry:
             )
             if not (math.isfinite(entry.stored_at) and 0 < entry.ttl <= MAX_STORED_SECONDS
                     and 0 <= entry.initial_age <= MAX_STORED_SECONDS
-                    and 100 <= entry.status <= 599):
+                    and entry.status == 200):  # the only status ever stored
                 raise CorruptEntry("out-of-range header values")
+            for name, value in entry.headers:
+                # What a fill never stores: framing, per-answer headers, bytes no answer
+                # may carry. A value altered in Redis must not reach a client.
+                if (not _TOKEN.fullmatch(name) or UNSENDABLE.search(value)
+                        or name.lower() in _NEVER_STORED):
+                    raise CorruptEntry("a header no fill stores")
             return entry
         except CorruptEntry:
             raise

@@ -416,7 +416,18 @@ def _redis_problem(url: str) -> str | None:
         return f"does not parse ({exc})".replace(url, "<url>")
     if not url.startswith("unix://") and not options.get("host"):
         return "names no host"
+    # redis-py hands unknown query arguments to the connection class, which then refuses
+    # them at start-up: timeouts, pools and TLS come from the REDIS_* variables instead.
+    _, _, query = url.partition("?")
+    odd = sorted({k for k, _, _ in (p.partition("=") for p in query.split("&") if p)}
+                 - _REDIS_QUERY)
+    if odd:
+        return (f"has query arguments the sidecar does not take ({', '.join(odd)}; only "
+                "db and password, the rest comes from the REDIS_* variables)")
     return None
+
+
+_REDIS_QUERY = frozenset({"db", "password"})
 
 
 def _upstream_ok(url: str) -> bool:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import struct
 
+import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import TOKEN_A, Stack
+from tests.conftest import TOKEN_A, Stack, StackFactory
 from tests.waiting import within
 
 PATIENT = "/api/v1/patients/42"
@@ -115,3 +118,27 @@ async def test_transfer_codings_other_than_chunked_are_refused(stack: Stack) -> 
     status = int((await reader.readline()).split()[1])
     writer.close()
     assert status in (400, 501)
+
+
+@pytest.mark.parametrize(("status", "headers"), [
+    (100, [["Content-Type", "application/json"]]),
+    (200, [["Content-Length", "99"]]),
+    (200, [["Transfer-Encoding", "chunked"]]),
+    (200, [["Bad Name", "x"]]),
+    (200, [["X-Note", "a\r\nSet-Cookie: s=1"]]),
+])
+async def test_an_entry_altered_in_redis_is_a_miss_not_a_broken_answer(
+    make_stack: StackFactory, redis_client: Redis, status: int, headers: list[list[str]]
+) -> None:
+    """Someone with write access to Redis (and no CACHE_ENCRYPTION_KEY) stores what no fill
+    would: framing headers, a 1xx, a header that splits the answer."""
+    stack = await make_stack({"CACHE_NEAR_MAX_BYTES": "0"})
+    await stack.proxy.get(PATIENT)
+    (field,) = await redis_client.hkeys("identity:patient:42")
+    meta = json.dumps({"s": status, "h": [["Date", "Thu, 03 Dec 2026 16:00:00 GMT"], *headers],
+                       "t": stack.rt.clock(), "ttl": 600, "a": 0}).encode()
+    await redis_client.hset("identity:patient:42", field,
+                            b"SC1" + struct.pack(">I", len(meta)) + meta + b'{"id":"42"}')
+    async with asyncio.timeout(10):
+        reply = await stack.proxy.get(PATIENT)
+    assert reply.status == 200 and reply.x_cache == "MISS" and "Set-Cookie" not in reply.headers

@@ -5,6 +5,8 @@ through the same Redis, so while this one's breaker is open its near tier stands
 
 from __future__ import annotations
 
+from functools import partial
+
 from tests.conftest import Stack, StackFactory
 from tests.redis_process import RedisProcess
 from tests.waiting import until
@@ -22,7 +24,7 @@ async def _pair(make_stack: StackFactory, redis: RedisProcess, env: dict[str, st
     a = await make_stack(env, redis_url=redis.url)
     b = await make_stack(env, redis_url=redis.url)
     for s in (a, b):
-        await until(lambda s=s: _in_sync(s), "near tier in sync")
+        await until(partial(_in_sync, s), "near tier in sync")
     assert (await b.proxy.get(PATIENT)).x_cache == "MISS"
     assert (await b.proxy.get(PATIENT)).x_cache == "HIT"  # from B's near tier from now on
     return a, b

@@ -23,7 +23,8 @@ FREE_TEXT = {"CACHE_KEY_SECRET", "SIDECAR_ADMIN_TOKEN"}
 BAD: dict[str, list[str]] = {
     "UPSTREAM_URL": ["identity:8000", "http://", "http://host:99999",
                      "http://svc:secret@identity:8000"],
-    "REDIS_URL": ["http://cache:6379", "redis://cache:port/0"],
+    "REDIS_URL": ["http://cache:6379", "redis://cache:port/0", "redis://cache/0?foo=bar",
+                  "redis://cache/0?connection_class=x"],
     "SIDECAR_HOST": ["no-such-host.invalid", "300.1.1.1"],
     "SIDECAR_PORT": ["eighty", "70000", "0", "8080.5", "-1", "nan"],
     "SIDECAR_PUBLIC_ORIGIN": ["identity.example.org", "https://x.org/path"],
