@@ -8,7 +8,7 @@ implements.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -30,11 +30,11 @@ class Fresh:
 
 @dataclass(frozen=True, slots=True)
 class ServeStale:
-    """RFC 9111 §4.2.4: serve the stale copy. `refresh`: RFC 5861 §3 stale-while-
-    revalidate, one background refresh; otherwise the caller's max-stale accepted it."""
+    """RFC 9111 §4.2.4 / RFC 5861 §3: serve the stale copy, with one background refresh.
+    `asked`: the caller's max-stale accepted it (within the same window)."""
 
     remaining: float
-    refresh: bool
+    asked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +67,25 @@ def on_lookup(entry: Entry | None, *, now: float, ttl: int, stale: Stale, terms:
     verdict = terms.accepts(entry.age(now), remaining, entry.must_revalidate)
     if verdict == "fresh":
         return Fresh(remaining)
-    if verdict == "stale":
-        return ServeStale(remaining, refresh=False)
-    if (plain and remaining <= 0 and not draining
-            and -remaining <= window(entry.while_revalidate, stale.while_revalidate,
-                                     stale.max)):
-        return ServeStale(remaining, refresh=True)
+    # A caller's max-stale never reaches past the window the rule (or origin) allows, and
+    # still starts the refresh: a copy the service would now refuse must get its 401.
+    in_window = (remaining <= 0 and not draining and -remaining <= window(
+        entry.while_revalidate, stale.while_revalidate, stale.max))
+    if in_window and (plain or verdict == "stale"):
+        return ServeStale(remaining, asked=verdict == "stale")
     return Miss(entry)
+
+
+def with_origin_terms(entry: Entry, *, ttl: int, stale: Stale) -> Entry:
+    """An entry stored under `mode: ttl`, read by a rule now in `mode: rfc9111`: its
+    origin's terms, computed from its stored headers (RFC 9111 §4.2.1)."""
+    if entry.fresh_for is not None:
+        return entry
+    life = lifetime(CIMultiDict(entry.headers), rule_ttl=ttl,
+                    rule_swr=stale.while_revalidate, rule_sie=stale.if_error,
+                    stale_max=stale.max)
+    return replace(entry, fresh_for=life.fresh, while_revalidate=life.while_revalidate,
+                   if_error=life.if_error, must_revalidate=life.revalidate)
 
 
 def stale_if_error(entry: Entry | None, *, now: float, ttl: int, stale: Stale,

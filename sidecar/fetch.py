@@ -29,6 +29,7 @@ from sidecar.decisions import (
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.fetched import Fetched, Handover
+from sidecar.freshness import apparent_age
 from sidecar.headers import (
     COMPUTED_PER_ANSWER,
     client_headers,
@@ -185,6 +186,8 @@ async def _fill(
                     await _erase_copy(rt, match, field)
                     return Fetched(status, reason, out_headers, body, None,
                                    confirmed.forbidden, revalidated=True)
+        if match.rule.honours_origin:  # RFC 9111 §4.2.3: its Date counts, not only its Age
+            age = max(age, apparent_age(raw_headers, rt.clock()))
         verdict = on_response(status, raw_headers, age=age, rule=match.rule, had_copy=had_copy)
         if verdict is None:
             if "ETag" not in out_headers:

@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 from multidict import CIMultiDict, CIMultiDictProxy
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
-_DELTA = re.compile(r"[0-9]{1,10}", re.ASCII)
+_DELTA = re.compile(r"[0-9]+", re.ASCII)
 # RFC 9111 §4.2.2: a heuristic lifetime is a fraction of the time since Last-Modified;
 # 10 % is the value the RFC gives as typical (and nginx, Varnish, Squid use).
 HEURISTIC_FRACTION = 0.1
@@ -34,11 +34,21 @@ def directives(headers: Headers) -> dict[str, str | None]:
     return out
 
 
+DELTA_CAP = 2**31  # RFC 9111 §1.2.2: a larger delta-seconds is read as this
+
+
 def delta(value: str | None) -> int | None:
     """A delta-seconds argument (RFC 9111 §1.2.2), or None when absent or malformed."""
     if value is None or not _DELTA.fullmatch(value):
         return None
-    return int(value)
+    digits = value.lstrip("0")
+    return DELTA_CAP if len(digits) > 10 else min(int(digits or "0"), DELTA_CAP)
+
+
+def apparent_age(headers: Headers, received_at: float) -> int:
+    """RFC 9111 §4.2.3: how old the response already was when it arrived, by its Date."""
+    date = _date(headers.get("Date"))
+    return 0 if date is None else max(0, int(received_at - date))
 
 
 def _date(value: str | None) -> float | None:
@@ -69,9 +79,13 @@ def lifetime(headers: Headers, *, rule_ttl: int, rule_swr: int, rule_sie: int,
     own `stale-while-revalidate` / `stale-if-error` replace them, within `stale.max`.
     """
     cc = directives(headers)
-    fresh: int | None = delta(cc.get("s-maxage"))
-    if fresh is None:
-        fresh = delta(cc.get("max-age"))
+    fresh: int | None = None
+    for name in ("s-maxage", "max-age"):
+        if name in cc:
+            # §4.2.1: an invalid freshness value is best treated as already stale.
+            fresh = delta(cc[name])
+            fresh = 0 if fresh is None else fresh
+            break
     if fresh is None and "Expires" in headers:
         expires, date = _date(headers.get("Expires")), _date(headers.get("Date"))
         # §5.3: an invalid Expires (e.g. "0") means already expired.

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
-from sidecar.decisions import Fresh, Miss, ServeStale, on_lookup, stale_if_error
+from sidecar.decisions import (
+    Fresh,
+    Miss,
+    ServeStale,
+    on_lookup,
+    stale_if_error,
+    with_origin_terms,
+)
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamError
 from sidecar.fetch import OVERSIZED, fetch
@@ -150,6 +157,8 @@ async def _cached(
     entry = None if refresh else await lookup(rt, match, field)
     if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
         entry = None
+    if entry is not None and rule.honours_origin and entry.fresh_for is None:
+        entry = with_origin_terms(entry, ttl=rule.ttl, stale=rule.stale)  # stored in ttl mode
     now = rt.clock()
     looked = on_lookup(entry, now=now, ttl=rule.ttl, stale=rule.stale, terms=terms,
                        plain=terms is PLAIN, draining=rt.draining)
@@ -185,16 +194,13 @@ def _serve_stale(
     prefix = match.rule.key_prefix
     rt.metrics.hit(prefix)
     outcome.cache = STALE
-    if not looked.refresh:  # the caller's max-stale accepts it; no refresh for that
-        rt.metrics.stale.labels(prefix, "max-stale").inc()
-        status = cache_status("hit", "fwd=stale", "detail=max-stale")
-    else:
-        upstream_headers = forwarded_headers(request, strip_conditionals=True)
-        rt.flights.background(
-            (match.key, field),
-            lambda: fetch(rt, match, field, request.raw_path, upstream_headers, stale=entry))
-        rt.metrics.stale.labels(prefix, "revalidating").inc()
-        status = cache_status("hit", "fwd=stale", f"ttl={int(looked.remaining)}")
+    upstream_headers = forwarded_headers(request, strip_conditionals=True)
+    rt.flights.background(
+        (match.key, field),
+        lambda: fetch(rt, match, field, request.raw_path, upstream_headers, stale=entry))
+    rt.metrics.stale.labels(prefix, "max-stale" if looked.asked else "revalidating").inc()
+    status = cache_status("hit", "fwd=stale", f"ttl={int(looked.remaining)}",
+                          "detail=max-stale" if looked.asked else "")
     return replay(entry, now=rt.clock(), head=request.method == "HEAD", x_cache=STALE,
                   status=status, not_modified=unchanged, plain=eligible(request),
                   request_id=request[REQUEST_ID])

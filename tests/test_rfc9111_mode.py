@@ -3,12 +3,17 @@ caps it; request directives (RFC 9111 §5.2.1) are honoured. `mode: ttl` ignores
 
 from __future__ import annotations
 
+import asyncio
+import time
 from email.utils import formatdate
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
+from sidecar.reload import Reloader
 from tests.conftest import Stack, StackFactory
+from tests.test_odd_upstreams import raw_upstream
 
 PATIENT = "/api/v1/patients/42"
 ROUTES = (Path(__file__).resolve().parent.parent / "config" / "routes.yaml").read_text()
@@ -138,20 +143,69 @@ async def test_only_if_cached_never_asks_the_upstream(
     assert stack.upstream_hits(PATIENT) == 1
 
 
-async def test_request_max_stale_accepts_an_old_copy_without_the_upstream(
+async def test_request_max_stale_is_bounded_by_the_stale_window_and_refreshes(
     make_stack: StackFactory, redis_client: Redis
 ) -> None:
+    """max-stale never reaches past the rule's window, and still refreshes, so a caller
+    whose token the service now refuses gets its 401 (found by attack)."""
     stack = await _rfc(make_stack)
     cc = _origin("max-age=10")
     first = await stack.proxy.get(PATIENT, headers=cc)
-    _advance(stack, 100)  # past the stale window
-    reply = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "max-stale=200"})
+    _advance(stack, 25)  # 15 s stale: inside the rule's 30 s window
+    asked = {**cc, "Cache-Control": "max-stale=200", "X-Stub-Status": "401"}
+    reply = await stack.proxy.get(PATIENT, headers=asked)
     assert reply.x_cache == "STALE" and reply.body == first.body
     assert "detail=max-stale" in reply.headers["Cache-Status"]
-    assert stack.upstream_hits(PATIENT) == 1
-    bounded = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "max-stale=50"})
-    assert bounded.x_cache == "MISS"
+    await stack.rt.flights.idle()  # the refresh got the 401 and dropped the copy
+    assert (await stack.proxy.get(PATIENT, headers=asked)).status == 401
+    await stack.proxy.get(PATIENT, headers=cc)
+    _advance(stack, 600 + 800)  # far past the window: max-stale does not reach it
+    late = await stack.proxy.get(PATIENT, headers={**cc, "Cache-Control": "max-stale"})
+    assert late.x_cache == "MISS"
 
+
+@pytest.mark.parametrize("cc", ["max-age=-1", "max-age=abc", "max-age=0;", "max-age=1.5",
+                                "s-maxage=-1"])
+async def test_an_invalid_max_age_is_stale_not_heuristic(
+    make_stack: StackFactory, redis_client: Redis, cc: str
+) -> None:
+    stack = await _rfc(make_stack)
+    await stack.proxy.get(PATIENT, headers=_origin(cc))
+    _advance(stack, 300)
+    assert (await stack.proxy.get(PATIENT, headers=_origin(cc))).x_cache != "HIT"
+
+
+async def test_a_response_already_old_by_its_date_is_not_fresh(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    now = time.time()
+    lines = [f"Date: {formatdate(now - 7200, usegmt=True)}",
+             f"Expires: {formatdate(now - 3600, usegmt=True)}", 'ETag: "v1"']
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = b'{"id":"42"}'
+        writer.write(("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      + "".join(line + "\r\n" for line in lines)
+                      + f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        await writer.drain()
+
+    async with raw_upstream(serve) as (url, _):
+        stack = await make_stack({"UPSTREAM_URL": url}, rules_yaml=RFC9111_ROUTES)
+        first = await stack.proxy.get(PATIENT)
+    assert "detail=too-old" in first.headers["Cache-Status"]  # 2 h old against a 600 s cap
+
+
+async def test_entries_stored_in_ttl_mode_follow_the_origin_after_a_reload(
+    make_stack: StackFactory, redis_client: Redis, tmp_path: Path
+) -> None:
+    stack = await make_stack()
+    cc = _origin("max-age=10, must-revalidate")
+    await stack.proxy.get(PATIENT, headers=cc)
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(RFC9111_ROUTES)
+    assert Reloader(stack.rt, routes).reload("test")
+    _advance(stack, 100)
+    assert (await stack.proxy.get(PATIENT, headers=cc)).x_cache == "MISS"  # revalidated
 
 VARY_ROUTES = ROUTES.replace("    ttl_env: CACHE_TTL_PATIENT\n",
                              "    ttl_env: CACHE_TTL_PATIENT\n    vary: [Accept-Language]\n", 1)

@@ -56,8 +56,10 @@ def _entry(stored_ago: float, *, fresh_for: int | None = None, swr: int | None =
     # §5.2.1: the request's own terms.
     (_entry(50), Asked(max_age=20), False, Miss),
     (_entry(590), Asked(min_fresh=30), False, Miss),
-    (_entry(700), Asked(max_stale=-1), False, ServeStale),
-    (_entry(700), Asked(max_stale=50), False, Miss),
+    # max-stale: within the stale window only (and refreshed), never past it.
+    (_entry(620), Asked(max_stale=-1), False, ServeStale),
+    (_entry(700), Asked(max_stale=-1), False, Miss),
+    (_entry(620), Asked(max_stale=5), False, Miss),
     (None, PLAIN, False, Miss),
 ])
 def test_on_lookup(entry: Entry | None, terms: Asked, draining: bool, expected: type) -> None:
@@ -65,7 +67,7 @@ def test_on_lookup(entry: Entry | None, terms: Asked, draining: bool, expected: 
                        plain=terms is PLAIN, draining=draining)
     assert isinstance(looked, expected)
     if isinstance(looked, ServeStale):
-        assert looked.refresh == (terms is PLAIN)
+        assert looked.asked == (terms is not PLAIN)
     if isinstance(looked, Miss):
         assert looked.stale is entry  # the copy to revalidate, or to fall back on
 
