@@ -21,6 +21,7 @@ from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.invalidation")
 MAX_PENDING = 10_000
+MAX_TOMBSTONES = 100_000  # erase times kept (about 10 MB at most)
 PREFIX_TIMEOUT = 10.0  # a SCAN over every entity under a prefix: seconds, not the hit budget
 
 
@@ -55,6 +56,11 @@ class Invalidator:
         self.generation = 0
         self._written: dict[str, int] = {}
         self._floor = 0
+        # When each entity (or `prefix:`) was last erased, by the wall clock entries are
+        # stamped with: a copy stored before that is one the erase should have removed,
+        # brought back by a failover to a replica the delete had not reached yet.
+        self._erased: dict[str, float] = {}
+        self._erased_floor = 0.0
         # Tells the other replicas (their near-caches) once the store has been told.
         self.announce: Callable[[tuple[str, ...], str | None], Awaitable[bool]] | None = None
         # Announcements that may not have reached the other replicas: retried like deletes,
@@ -90,12 +96,35 @@ class Invalidator:
             self._written[key] = self.generation
         if prefix is not None:
             self._written[prefix + ":"] = self.generation
+        self._tombstone((*keys, *(() if prefix is None else (prefix + ":",))))
         for hook in self.on_invalidate:
             hook(keys, prefix)
         for key, tickets in self._active.items():
             if key in keys or (prefix is not None and key.startswith(prefix + ":")):
                 for ticket in tickets:
                     ticket.poisoned = True
+
+    def _tombstone(self, names: tuple[str, ...]) -> None:
+        now = time.time()
+        for name in names:
+            self._erased.pop(name, None)
+            self._erased[name] = now
+        while len(self._erased) > MAX_TOMBSTONES:  # oldest first; older copies are suspect
+            oldest = next(iter(self._erased))
+            self._erased_floor = max(self._erased_floor, self._erased.pop(oldest))
+
+    def erased_since(self, key: str, stored_at: float) -> bool:
+        """Whether a copy stored at `stored_at` predates an erase of its entity: it must
+        not be served (a promoted replica may still hold what the erase removed)."""
+        if stored_at <= self._erased_floor:
+            return True
+        if not self._erased:
+            return False
+        at = self._erased.get(key)
+        if at is not None and stored_at <= at:
+            return True
+        at = self._erased.get(key.rpartition(":")[0] + ":")
+        return at is not None and stored_at <= at
 
     def written_since(self, key: str, generation: int) -> bool:
         """Whether `key` may have been invalidated after `generation` was read."""

@@ -31,6 +31,11 @@ async def lookup(rt: Runtime, match: Match, field: str) -> Entry | None:
                 return entry
         epoch = near.epoch
     entry = await _from_store(rt, match, field)
+    if entry is not None and rt.invalidator.erased_since(match.key, entry.stored_at):
+        # Stored before a write erased it: back from a replica the delete had not reached
+        # (a failover). A miss; the fill that follows overwrites it.
+        rt.metrics.cache_errors.labels("get", "erased").inc()
+        return None
     if entry is not None and near is not None:
         near.put(match.key, field, entry, match.rule.ttl + match.rule.stale.keep, epoch)
     return entry

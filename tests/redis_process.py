@@ -81,7 +81,19 @@ class RedisProcess:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
         arg = f"{seconds}"
         s.sendall(f"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${len(arg)}\r\n{arg}\r\n".encode())
-        return s
+        # Sent is not asleep: on a busy machine the next client's command can still be
+        # answered first. Return once a PING goes unanswered.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as probe:
+                probe.sendall(b"*1\r\n$4\r\nPING\r\n")
+                probe.settimeout(0.25)
+                try:
+                    probe.recv(64)
+                except TimeoutError:
+                    return s  # no answer: it sleeps
+            time.sleep(0.01)
+        raise AssertionError("DEBUG SLEEP did not take effect")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

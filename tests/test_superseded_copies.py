@@ -171,3 +171,21 @@ async def test_a_header_aiohttp_cannot_send_is_a_502_and_never_stored(
     assert first.status == second.status == 502 and second.x_cache == "MISS"
     assert bypass.status == 502
     assert await redis_client.hgetall("identity:patient:42") == {}
+
+
+async def test_a_copy_brought_back_after_its_erase_is_not_served(
+    stack: Stack, redis_client: Redis
+) -> None:
+    """What a Sentinel or Cluster failover does when the master dies before its DEL reached
+    the replica it promotes: the erased copy is back in Redis. Replayed here by putting the
+    pre-write bytes back."""
+    old = await stack.proxy.get(PATIENT)
+    before = await redis_client.hgetall("identity:patient:42")
+    put = await stack.proxy.request("PUT", PATIENT, data=b'{"gender": "other"}',
+                                    headers={"Content-Type": "application/json"})
+    assert put.status == 200
+    for field, value in before.items():  # the failover
+        await redis_client.hset("identity:patient:42", field, value)
+    reply = await stack.proxy.get(PATIENT)
+    assert reply.x_cache == "MISS" and reply.json()["gender"] == "other" != old.json()["gender"]
+    assert (await stack.proxy.get(PATIENT)).x_cache == "HIT"  # the refill is served again
