@@ -114,8 +114,8 @@ class Entry:
             for name, value in entry.headers:
                 # What a fill never stores: framing, per-answer headers, bytes no answer
                 # may carry. A value altered in Redis must not reach a client.
-                if (not _TOKEN.fullmatch(name) or UNSENDABLE.search(value)
-                        or name.lower() in _NEVER_STORED):
+                if (name.lower() in _NEVER_STORED or not _TOKEN.fullmatch(name)
+                        or (not value.isprintable() and UNSENDABLE.search(value))):
                     raise CorruptEntry("a header no fill stores")
             return entry
         except CorruptEntry:
