@@ -179,7 +179,8 @@ async def _fill(
                                             keyed=match.rule.vary)
                 if isinstance(confirmed, Refetch):
                     return await _fill(rt, match, field, raw_target,
-                                       _unconditional(headers), relay, lease, None)
+                                       _unconditional(headers), relay, lease, None,
+                                       had_copy=had_copy)
                 status, reason, body, revalidated = stale.status, "OK", stale.body, True
                 raw_headers, out_headers = confirmed.headers, client_headers(confirmed.headers)
                 if confirmed.forbidden is not None:  # the copy it confirmed goes too
