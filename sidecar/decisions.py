@@ -14,11 +14,83 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.entry import Entry
 from sidecar.freshness import Asked, Lifetime, lifetime
-from sidecar.policy import response_not_storable_reason
+from sidecar.headers import has_undecodable_value
+from sidecar.matching import Match, NoMatch, WriteTarget, match_rule, match_writes
+from sidecar.policy import request_bypass_reason, response_not_storable_reason
 from sidecar.revalidation import has_validator, refreshed_headers
-from sidecar.rules import Rule, Stale
+from sidecar.rules import Rule, RuleSet, Stale
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+# RFC 9110 §9.2.1: only these are safe; every other method, extensions included, may
+# change the entity, so it invalidates (RFC 9111 §4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """A request the sidecar will not forward, because forwarding would alter it."""
+
+    status: int
+    code: str
+    message: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Pass it through untouched; `detail` is the RFC 9211 bypass reason, `rule` the
+    matched rule's name (None: no rule)."""
+
+    detail: str
+    rule: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """RFC 9111 §4.4: an unsafe method; after it, what it may have changed is erased."""
+
+    written: WriteTarget
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A cacheable read: look up this rule's entity."""
+
+    match: Match
+
+
+Routed = Refuse | Forward | Write | Lookup
+
+
+def on_request(method: str, target: str, headers: Headers, *, has_body: bool,
+               rules: RuleSet, cache_enabled: bool) -> Routed:
+    """What to do with a request before the cache is asked anything."""
+    if not target.startswith("/"):
+        return Refuse(400, "bad_request_target",
+                      "Only origin-form request targets (/path?query) are accepted.",
+                      "bad-target")
+    if has_undecodable_value(headers):  # a credential must never be altered on the way
+        return Refuse(400, "bad_header_value", "Header values must be ASCII or UTF-8.",
+                      "bad-header")
+    coding = headers.get("Transfer-Encoding", "chunked").replace(" ", "").lower()
+    if coding != "chunked":
+        # aiohttp removes only the chunked framing; forwarding the rest without its header
+        # would hand the service a body in a coding it was not told about.
+        return Refuse(501, "transfer_coding_not_supported",
+                      "Only the chunked transfer coding is supported.", "transfer-coding")
+    if not cache_enabled:
+        return Forward("disabled")
+    if method not in SAFE_METHODS:
+        return Write(match_writes(rules, target))
+    decision = match_rule(rules, method, target)
+    if isinstance(decision, NoMatch):
+        return Forward(decision.reason, decision.rule.name if decision.rule else None)
+    reason = request_bypass_reason(method, headers, has_body)
+    if reason is not None:
+        return Forward(reason, decision.rule.name)
+    return Lookup(decision)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,7 @@ def has_unsendable_value(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> b
     return any(UNSENDABLE.search(k) or UNSENDABLE.search(v) for k, v in headers.items())
 
 
-def has_undecodable_value(headers: CIMultiDictProxy[str]) -> bool:
+def has_undecodable_value(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
     """Whether a header value held bytes that are not UTF-8 (aiohttp keeps them as lone
     surrogates). Such a value cannot be forwarded byte for byte, and a credential must
     never be altered on the way, so the request is refused instead.

@@ -18,10 +18,14 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind
 
 from sidecar.decisions import (
+    Forward,
     Fresh,
+    Lookup,
     Miss,
+    Refuse,
     ServeStale,
     on_lookup,
+    on_request,
     stale_if_error,
     with_origin_terms,
 )
@@ -31,14 +35,12 @@ from sidecar.fetch import OVERSIZED, fetch
 from sidecar.fetched import Fetched
 from sidecar.forward import forward, forwarded_headers, relay, upstream_failure
 from sidecar.freshness import PLAIN, asked
-from sidecar.headers import has_undecodable_value
 from sidecar.lookup import lookup
-from sidecar.matching import Match, NoMatch, match_rule, match_writes
+from sidecar.matching import Match
 from sidecar.metrics import NO_RULE
 from sidecar.policy import (
     coding_acceptable,
     not_modified,
-    request_bypass_reason,
     wants_refresh,
 )
 from sidecar.request_ids import REQUEST_ID
@@ -49,9 +51,6 @@ from sidecar.variants import accepted_codings, variant_field, varied_values
 from sidecar.wire import eligible
 
 log = logging.getLogger("sidecar.proxy")
-# RFC 9110 §9.2.1: every other method, extensions included, may change the entity, and
-# its non-error response invalidates (RFC 9111 §4.4).
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 @dataclass(slots=True)
@@ -87,56 +86,35 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.StreamResponse:
-    rules = rt.rules  # one snapshot per request: a reload never changes it midway
-    method, target = request.method, request.raw_path
-    if not target.startswith("/"):
-        rt.metrics.bypass.labels("bad-target").inc()
-        return error(400, "bad_request_target",
-                     "Only origin-form request targets (/path?query) are accepted.",
-                     BYPASS, "bad-target")
-    if has_undecodable_value(request.headers):
-        rt.metrics.bypass.labels("bad-header").inc()
-        return error(400, "bad_header_value",
-                     "Header values must be ASCII or UTF-8.", BYPASS, "bad-header")
-    coding = request.headers.get("Transfer-Encoding", "chunked").replace(" ", "").lower()
-    if coding != "chunked":
-        # aiohttp removes only the chunked framing; forwarding the rest without its header
-        # would hand the service a body in a coding it was not told about.
-        rt.metrics.bypass.labels("transfer-coding").inc()
-        return error(501, "transfer_coding_not_supported",
-                     "Only the chunked transfer coding is supported.", BYPASS, "transfer-coding")
-    if rt.cache is None:
-        rt.metrics.bypass.labels("disabled").inc()
-        return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="disabled")
-    if method not in SAFE_METHODS:
-        written = match_writes(rules, target)
-        invalidator = rt.invalidator
-
-        async def invalidate(status: int | None) -> None:
-            # Anything but a definite refusal (4xx) may have changed the entity: a 5xx or a
-            # lost answer can come after the commit. Erasing too much only costs a miss.
-            if invalidator is None or (status is not None and 400 <= status < 500):
-                return
-            await invalidator.invalidate(written.keys, "write")
-            # An id the sidecar cannot read: the service refuses those (422), so only a
-            # success or a failure that may hide one erases the whole prefix, not a 3xx.
-            if written.unsure and (status is None or status < 300 or status >= 500):
-                await invalidator.invalidate_prefixes(written.unsure)
-
-        return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="method",
-                             on_headers=invalidate if written else None)
-    decision = match_rule(rules, method, target)
-    if isinstance(decision, NoMatch):
-        outcome.rule = decision.rule.name if decision.rule else NO_RULE
-        rt.metrics.bypass.labels(decision.reason).inc()
+    routed = on_request(request.method, request.raw_path, request.headers,
+                        has_body=request.body_exists, rules=rt.rules,  # one snapshot
+                        cache_enabled=rt.cache is not None)
+    if isinstance(routed, Lookup):
+        outcome.rule = routed.match.rule.name
+        return await _cached(request, rt, routed.match, outcome)
+    if isinstance(routed, Refuse):
+        rt.metrics.bypass.labels(routed.detail).inc()
+        return error(routed.status, routed.code, routed.message, BYPASS, routed.detail)
+    if isinstance(routed, Forward):
+        outcome.rule = routed.rule or NO_RULE
+        rt.metrics.bypass.labels(routed.detail).inc()
         return await forward(request, rt, rule=outcome.rule, x_cache=BYPASS,
-                             detail=decision.reason)
-    outcome.rule = decision.rule.name
-    reason = request_bypass_reason(method, request.headers, request.body_exists)
-    if reason is not None:
-        rt.metrics.bypass.labels(reason).inc()
-        return await forward(request, rt, rule=outcome.rule, x_cache=BYPASS, detail=reason)
-    return await _cached(request, rt, decision, outcome)
+                             detail=routed.detail)
+    written, invalidator = routed.written, rt.invalidator
+
+    async def invalidate(status: int | None) -> None:
+        # Anything but a definite refusal (4xx) may have changed the entity: a 5xx or a
+        # lost answer can come after the commit. Erasing too much only costs a miss.
+        if invalidator is None or (status is not None and 400 <= status < 500):
+            return
+        await invalidator.invalidate(written.keys, "write")
+        # An id the sidecar cannot read: the service refuses those (422), so only a
+        # success or a failure that may hide one erases the whole prefix, not a 3xx.
+        if written.unsure and (status is None or status < 300 or status >= 500):
+            await invalidator.invalidate_prefixes(written.unsure)
+
+    return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="method",
+                         on_headers=invalidate if written else None)
 
 
 async def _cached(

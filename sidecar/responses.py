@@ -16,9 +16,11 @@ from sidecar.headers import AGE, CACHE_NAME, CACHE_STATUS, X_CACHE
 from sidecar.wire import WireResponse, stored_block, wire_replay
 
 HIT, MISS, BYPASS, STALE = "HIT", "MISS", "BYPASS", "STALE"
-# RFC 9110 §15.4.5: a 304 carries the headers a 200 would have for these.
+# RFC 9110 §15.4.5: a 304 carries the headers a 200 would have for these; and the stored
+# Date (RFC 9111 §4: a stored response keeps its Date), not aiohttp's "now", which made
+# the 304 of a hit differ from the hit itself whenever a second went by.
 _304_HEADERS = frozenset({"cache-control", "content-location", "etag", "expires", "vary",
-                          "last-modified"})
+                          "last-modified", "date"})
 
 
 def cache_status(*params: str) -> str:

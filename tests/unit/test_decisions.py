@@ -9,16 +9,21 @@ import pytest
 from multidict import CIMultiDict
 
 from sidecar.decisions import (
+    Forward,
     Fresh,
+    Lookup,
     Miss,
     NotStored,
     Refetch,
     Refresh,
+    Refuse,
     ServeStale,
     Store,
+    Write,
     on_lifetime,
     on_lookup,
     on_not_modified,
+    on_request,
     on_response,
     stale_if_error,
     supersedes,
@@ -145,3 +150,32 @@ def test_on_not_modified() -> None:
     assert refreshed.headers["X-New"] == "1"
     cookie = on_not_modified(stale, CIMultiDict([("Set-Cookie", "s=1")]), honours_origin=False)
     assert isinstance(cookie, Refresh) and cookie.forbidden == "set-cookie"
+
+
+RULES = load_rules(ROUTES, {})
+
+
+@pytest.mark.parametrize(("method", "target", "headers", "body", "enabled", "expected"), [
+    ("GET", "/api/v1/patients/42", [], False, True, Lookup),
+    ("HEAD", "/api/v1/patients/42", [], False, True, Lookup),
+    ("GET", "http://evil/api/v1/patients/42", [], False, True, Refuse),  # absolute-form
+    ("GET", "/api/v1/patients/42", [("Authorization", "tok\udcff")], False, True, Refuse),
+    ("POST", "/x", [("Transfer-Encoding", "gzip, chunked")], True, True, Refuse),
+    ("GET", "/api/v1/patients/42", [], False, False, Forward),  # CACHE_ENABLED=false
+    ("PUT", "/api/v1/patients/42", [], True, True, Write),
+    ("M-SEARCH", "/api/v1/patients/42", [], False, True, Write),  # RFC 9111 §4.4
+    ("OPTIONS", "/api/v1/patients/42", [], False, True, Forward),
+    ("GET", "/api/v1/other", [], False, True, Forward),
+    ("GET", "/api/v1/patients/42", [("Range", "bytes=0-1")], False, True, Forward),
+    ("GET", "/api/v1/patients/42", [("Cache-Control", "no-store")], False, True, Forward),
+    ("GET", "/api/v1/patients/42", [], True, True, Forward),  # a body on a GET
+])
+def test_on_request(method: str, target: str, headers: list[tuple[str, str]], body: bool,
+                    enabled: bool, expected: type) -> None:
+    routed = on_request(method, target, CIMultiDict(headers), has_body=body, rules=RULES,
+                        cache_enabled=enabled)
+    assert isinstance(routed, expected), routed
+    if isinstance(routed, Lookup):
+        assert routed.match.key == "identity:patient:42"
+    if isinstance(routed, Write):
+        assert "identity:patient:42" in routed.written.keys
