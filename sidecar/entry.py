@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.headers import COMPUTED_PER_ANSWER, HOP_BY_HOP, UNSENDABLE
+from sidecar.headers import COMPUTED_PER_ANSWER, HOP_BY_HOP, TOKEN, UNSENDABLE
 
 _MAGIC = b"SC1"
 _LEN = struct.Struct(">I")
 # Largest ttl / initial age a stored entry may carry; anything above is read as damage.
 # Rules are capped far below it (`rules.MAX_TTL_SECONDS`), so every entry we write decodes.
 MAX_STORED_SECONDS = 10**9 - 1
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _NEVER_STORED = HOP_BY_HOP | COMPUTED_PER_ANSWER
 
 
@@ -114,7 +112,7 @@ class Entry:
             for name, value in entry.headers:
                 # What a fill never stores: framing, per-answer headers, bytes no answer
                 # may carry. A value altered in Redis must not reach a client.
-                if (name.lower() in _NEVER_STORED or not _TOKEN.fullmatch(name)
+                if (name.lower() in _NEVER_STORED or not TOKEN.fullmatch(name)
                         or (not value.isprintable() and UNSENDABLE.search(value))):
                     raise CorruptEntry("a header no fill stores")
             return entry

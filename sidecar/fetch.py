@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
 from email.utils import formatdate
 
@@ -29,7 +28,7 @@ from sidecar.decisions import (
 from sidecar.entry import Entry
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.fetched import Fetched, Handover
-from sidecar.freshness import apparent_age
+from sidecar.freshness import apparent_age, delta
 from sidecar.headers import (
     COMPUTED_PER_ANSWER,
     client_headers,
@@ -46,8 +45,6 @@ from sidecar.upstream_framing import overflowed
 
 OVERSIZED = "too-large"
 _warn = RateLimitedWarning(logging.getLogger("sidecar.upstream"), 10.0)
-_AGE = re.compile(r"[0-9]+", re.ASCII)
-_AGE_CAP = 2**31  # RFC 9111 §1.2.2: a larger delta-seconds is read as this
 
 
 
@@ -58,10 +55,7 @@ def _from_replica(entry: Entry) -> Fetched:
 
 def _age(value: str | None) -> int:
     """The upstream's `Age` (RFC 9111 §5.1), or 0 when absent or not a sane number."""
-    if value is None or not _AGE.fullmatch(value.strip()):
-        return 0
-    digits = value.strip().lstrip("0")
-    return _AGE_CAP if len(digits) > 10 else min(int(digits or "0"), _AGE_CAP)
+    return (delta(value.strip()) if value is not None else None) or 0
 
 
 def strong_etag(body: bytes) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidecar.policy import http_date
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 _DELTA = re.compile(r"[0-9]+", re.ASCII)
@@ -52,12 +53,8 @@ def apparent_age(headers: Headers, received_at: float) -> int:
 
 
 def _date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    parsed = http_date(value)
+    return None if parsed is None else parsed.timestamp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,8 @@ def has_token(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str, toke
 
 # What aiohttp's writer refuses to send (`http_writer._FORBIDDEN_HEADER_CHARS_RE`): control
 # characters other than TAB. A lenient upstream parser lets them in.
+# A field name (RFC 9110 §5.6.2 token).
+TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 

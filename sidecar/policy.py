@@ -90,24 +90,27 @@ def not_modified(
         if etag is None:
             return False
         tags = {t.strip() for v in inm for t in v.split(",")}
-        return "*" in tags or _weak(etag) in {_weak(t) for t in tags}
-    since = _date(headers.get("If-Modified-Since"))
+        return "*" in tags or weak_tag(etag) in {weak_tag(t) for t in tags}
+    since = http_date(headers.get("If-Modified-Since"))
     if since is None:
         return False
-    modified = _date(last_modified)
+    modified = http_date(last_modified)
     return modified is not None and modified <= since
 
 
-def _date(value: str | None) -> datetime | None:
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP date (RFC 9110 §5.6.7), or None when absent or not a date."""
     if not value:
         return None
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     # asctime and `-0000` dates parse naive; HTTP dates are always UTC (RFC 9110 §5.6.7).
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _weak(tag: str) -> str:
+def weak_tag(tag: str) -> str:
+    """An entity tag for the weak comparison (RFC 9110 §8.8.3.2)."""
+    tag = tag.strip()
     return tag[2:] if tag.startswith("W/") else tag

@@ -12,6 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.entry import Entry
 from sidecar.headers import COMPUTED_PER_ANSWER, HOP_BY_HOP, connection_named
+from sidecar.policy import weak_tag
 
 # The sidecar's own ETag for an origin that sent none (see fetch.strong_etag): the origin
 # never issued it, so it cannot validate it.
@@ -40,10 +41,6 @@ def has_validator(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bool:
                 or headers.get("Last-Modified"))
 
 
-def _opaque(tag: str) -> str:
-    return tag.strip().removeprefix("W/")
-
-
 def refreshed_headers(
     stored: Entry, fresh: CIMultiDictProxy[str] | CIMultiDict[str]
 ) -> CIMultiDict[str] | None:
@@ -53,7 +50,7 @@ def refreshed_headers(
     updated, and the caller fetches the whole response again.
     """
     new_tag, old_tag = fresh.get("ETag"), stored.header("ETag")
-    if new_tag is not None and old_tag is not None and _opaque(new_tag) != _opaque(old_tag):
+    if new_tag is not None and old_tag is not None and weak_tag(new_tag) != weak_tag(old_tag):
         return None
     skip = _NOT_UPDATED | connection_named(fresh)
     updates = [(k, v) for k, v in fresh.items() if k.lower() not in skip]

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sidecar.errors import ConfigError
+from sidecar.headers import TOKEN
 from sidecar.yaml_marks import Position, load, position_of
 
 DEFAULT_PARAM_PATTERN = "[1-9][0-9]{0,17}"
@@ -38,7 +39,6 @@ _RULE_FIELDS = {
 }
 # Request headers a rule may key on when the service sends `Vary` on them. Never these:
 # hop-by-hop, the per-answer ones, and what the variant already covers another way.
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _NOT_VARIED = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding",
                          "upgrade", "host", "content-length", "authorization", "cookie",
                          "accept-encoding"})
@@ -446,7 +446,7 @@ class _Parser:
                       self.at(item, "mode"))
         vary = item.get("vary") or []
         if not isinstance(vary, list) or not all(
-                isinstance(v, str) and _HEADER_NAME.fullmatch(v)
+                isinstance(v, str) and TOKEN.fullmatch(v)
                 and v.lower() not in _NOT_VARIED for v in vary):
             self.fail(where, "vary must list request header names the variant may key on "
                              f"(not {', '.join(sorted(_NOT_VARIED))}), got {vary!r}",
