@@ -49,18 +49,13 @@ class Invalidator:
         self._background: set[asyncio.Task[None]] = set()
         # Told of every invalidation, so single-flight stops handing out older fetches.
         self.on_invalidate: list[Callable[[tuple[str, ...], str | None], None]] = []
-        # Counts invalidations (local and remote); `_written` remembers, per entity (and per
-        # `prefix:`), the count at its last one, so a request can ask whether its entity
-        # was written since it read a copy. Bounded: past MAX_PENDING entries it restarts
-        # from a floor that answers "maybe" for anything older.
-        self.generation = 0
-        self._written: dict[str, int] = {}
-        self._floor = 0
         # When each entity (or `prefix:`) was last erased, by the wall clock entries are
-        # stamped with: a copy stored before that is one the erase should have removed,
+        # stamped with (never going back, so a clock step can only make it stricter): a
+        # copy stored, or read, before that is one the erase should have removed,
         # brought back by a failover to a replica the delete had not reached yet.
         self._erased: dict[str, float] = {}
         self._erased_floor = 0.0
+        self._last_erase = 0.0
         # Tells the other replicas (their near-caches) once the store has been told.
         self.announce: Callable[[tuple[str, ...], str | None], Awaitable[bool]] | None = None
         # Announcements that may not have reached the other replicas: retried like deletes,
@@ -88,14 +83,6 @@ class Invalidator:
 
     def poison(self, keys: tuple[str, ...] = (), prefix: str | None = None) -> None:
         """In-flight fetches of these keys (or under `prefix:`) must not store."""
-        self.generation += 1
-        if len(self._written) > MAX_PENDING:
-            self._written.clear()
-            self._floor = self.generation
-        for key in keys:
-            self._written[key] = self.generation
-        if prefix is not None:
-            self._written[prefix + ":"] = self.generation
         self._tombstone((*keys, *(() if prefix is None else (prefix + ":",))))
         for hook in self.on_invalidate:
             hook(keys, prefix)
@@ -105,7 +92,7 @@ class Invalidator:
                     ticket.poisoned = True
 
     def _tombstone(self, names: tuple[str, ...]) -> None:
-        now = time.time()
+        now = self._last_erase = max(time.time(), self._last_erase + 1e-6)
         for name in names:
             self._erased.pop(name, None)
             self._erased[name] = now
@@ -113,25 +100,22 @@ class Invalidator:
             oldest = next(iter(self._erased))
             self._erased_floor = max(self._erased_floor, self._erased.pop(oldest))
 
-    def erased_since(self, key: str, stored_at: float) -> bool:
-        """Whether a copy stored at `stored_at` predates an erase of its entity: it must
-        not be served (a promoted replica may still hold what the erase removed)."""
-        if stored_at <= self._erased_floor:
+    def erased_since(self, key: str, moment: float) -> bool:
+        """Whether `key` was erased at or after `moment` (wall clock, `time.time()`).
+
+        A copy stored before its entity's last erase must not be served (a promoted
+        replica may still hold what the erase removed); a copy read before a write must
+        not stand in for a failed upstream.
+        """
+        if moment <= self._erased_floor:
             return True
         if not self._erased:
             return False
         at = self._erased.get(key)
-        if at is not None and stored_at <= at:
+        if at is not None and moment <= at:
             return True
         at = self._erased.get(key.rpartition(":")[0] + ":")
-        return at is not None and stored_at <= at
-
-    def written_since(self, key: str, generation: int) -> bool:
-        """Whether `key` may have been invalidated after `generation` was read."""
-        if generation < self._floor:
-            return True
-        return (self._written.get(key, 0) > generation
-                or self._written.get(key.rpartition(":")[0] + ":", 0) > generation)
+        return at is not None and moment <= at
 
     def stored(self, key: str) -> None:
         """A fill of `key` reached the store (called after a successful put)."""

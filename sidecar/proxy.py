@@ -131,7 +131,7 @@ async def _cached(
     refresh = wants_refresh(headers)
     terms = asked(headers) if rule.honours_origin else PLAIN  # RFC 9111 §5.2.1
     assert rt.invalidator is not None
-    seen = rt.invalidator.generation  # a later write makes the copy read here unservable
+    seen = time.time()  # a write after this makes the copy read here unservable
     entry = None if refresh else await lookup(rt, match, field)
     if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
         entry = None
@@ -214,18 +214,18 @@ def _conditional(request: web.Request, entry: Entry) -> bool:
                         entry.header("Last-Modified") or entry.header("Date"))
 
 
-def _stale_if_error(rt: Runtime, entry: Entry | None, match: Match, now: float, seen: int
-                    ) -> bool:
+def _stale_if_error(rt: Runtime, entry: Entry | None, match: Match, now: float,
+                    seen: float) -> bool:
     """The copy may stand in for a failed upstream: in its window, and not written since
     it was read (a write or DELETE through the sidecar meanwhile makes it wrong)."""
     assert rt.invalidator is not None
     return stale_if_error(entry, now=now, ttl=match.rule.ttl, stale=match.rule.stale,
-                          written=rt.invalidator.written_since(match.key, seen))
+                          written=rt.invalidator.erased_since(match.key, seen))
 
 
 async def _miss(
     request: web.Request, rt: Runtime, match: Match, field: str, stale: Entry | None,
-    refresh: bool, outcome: Outcome, seen: int, subject: str,
+    refresh: bool, outcome: Outcome, seen: float, subject: str,
 ) -> web.StreamResponse:
     rule, prefix = match.rule, match.rule.key_prefix
     upstream_headers = forwarded_headers(request, strip_conditionals=True)
