@@ -8,6 +8,7 @@ The caller's own `Authorization` still goes upstream on a miss: the service deci
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,12 @@ class Callers:
     def __init__(self, hasher: CredentialHasher, verifier: TokenVerifier | None) -> None:
         self.hasher = hasher
         self.verifier = verifier
+        # The shared variant belongs to one trust setting too: a new issuer, audience or
+        # key set URL (a redeploy) must not reuse what callers of the old one were given.
+        trust = "" if verifier is None else "\n".join(
+            (verifier.issuer, verifier.audience, verifier.jwks.url))
+        self._trust = hashlib.sha256(trust.encode()).hexdigest()[:8]
+        self._markers: dict[str, str] = {}  # rule marker -> marker bound to the trust
 
     async def identify(self, rule: Rule, headers: CIMultiDictProxy[str]) -> Caller:
         verified = None
@@ -41,9 +48,16 @@ class Callers:
                 verified = await self.verifier.verify(token)
         if verified is not None and rule.share is not None and qualifies(
                 rule.share, verified.claims):
-            return Caller(rule.share.marker, verified.subject)  # no fingerprint needed
+            return Caller(self._marker(rule.share.marker), verified.subject)
         fingerprint = self.hasher.fingerprint(headers)
         return Caller(fingerprint, verified.subject if verified is not None else fingerprint)
+
+    def _marker(self, marker: str) -> str:
+        """The variant's credential part for qualifying callers (no fingerprint needed)."""
+        bound = self._markers.get(marker)
+        if bound is None:
+            bound = self._markers[marker] = f"{marker}.{self._trust}"
+        return bound
 
     def _bearer(self, headers: CIMultiDictProxy[str]) -> str | None:
         """The token of a caller whose only credential is one `Authorization: Bearer`: a

@@ -134,6 +134,28 @@ async def test_concurrent_clinicians_wait_for_one_fetch(
         stack.proxy.get(PATIENT, token=bearer(t), headers={"X-Stub-Delay-Ms": "100"})
         for t in tokens))
     assert all(r.status == 200 for r in replies) and stack.upstream_hits(PATIENT) == 1
+    # The four who waited read the one fetch's copy: cached reads, each audited under its
+    # own subject; the one whose request the service answered is in the service's log.
+    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    waited = [r for r in replies if "collapsed" in r.headers.get("Cache-Status", "")]
+    assert len(waited) == 4
+    assert sorted((x["subject"], x["outcome"], x["key"]) for x in lines) == [
+        (f"doctor-{i}", "COLLAPSED", "identity:patient:42") for i in range(5)
+        if replies[i] in waited]
+
+
+async def test_another_issuer_or_audience_never_reuses_the_shared_copy(
+    make_stack: StackFactory, redis_client: Redis, idp: Idp, tmp_path: Path
+) -> None:
+    """Sharing trusts one issuer, audience and key set: a redeploy that changes them (same
+    rules, same Redis) starts a new shared variant, never the old callers' copy."""
+    before = await _shared_stack(make_stack, idp, tmp_path)
+    assert (await before.proxy.get(PATIENT, token=bearer(idp.token("k1")))).x_cache == "MISS"
+    after = await _shared_stack(make_stack, idp, tmp_path, CACHE_JWT_AUDIENCE="patient-api")
+    for sub, expected in (("alice", "MISS"), ("bob", "HIT")):
+        token = idp.token("k1", sub=sub, aud="patient-api")
+        assert (await after.proxy.get(PATIENT, token=bearer(token))).x_cache == expected, sub
+    assert before.upstream_hits(PATIENT) == 2
 
 
 async def test_who_never_gets_the_shared_entry(
