@@ -441,6 +441,8 @@ def main() -> None:
             lines = profile(bench, servers, scripts, 8) if args.profile else []
             if lines:
                 lines = ["## Where the CPU goes (py-spy, this run)", "", *lines]
+            from bench.revalidation import measure  # it builds on this module's helpers
+            lines = measure(bench, f"redis://127.0.0.1:{servers['redis'].port}/0") + lines
             text = report({k: median_run(v) for k, v in runs.items()}, args.rounds, args,
                           lines, rss)
         finally:

@@ -5,7 +5,8 @@ dashboard) and a JWKS, against the stub (a few ms of PostgreSQL/FHIR delay per r
 Redis. Reports hit ratio, upstream GETs saved, p50/p99 latency and the sidecar's CPU per
 request, beside the hit ratio an ideal cache would get on the same trace (bench/trace.py).
 The sidecar and Redis run on CPU 0; the stub, the JWKS server and this replay client on
-CPU 1. Each caller's requests are sent in trace order by one of `--concurrency` workers.
+CPU 1. By default the trace is sent in its own order at a clinic's pace (`--rate`), so the
+ideal computed on that order is the one the replay can reach; `--rate 0` is a stress run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,7 +98,11 @@ async def serve_jwks(doc: dict[str, object]) -> tuple[web.AppRunner, str]:
 
 
 async def replay(port: int, steps: list[Step], tokens: list[str], concurrency: int,
-                 result: Result) -> None:
+                 result: Result, rate: float = 0.0) -> None:
+    """`rate` > 0: open loop, the trace's own order at `rate` requests/s (a caller's next
+    request waits for its previous answer); 0: closed loop, `concurrency` workers as fast as
+    they go, each caller's requests in order (a stress run: the trace's order across callers
+    is lost, writes overlap fills far more often than at any clinic's pace)."""
     base = f"http://127.0.0.1:{port}"
     latencies: list[float] = []
     result.latencies = latencies
@@ -105,36 +111,66 @@ async def replay(port: int, steps: list[Step], tokens: list[str], concurrency: i
             connector=connector, auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent")) as session:
 
+        async def send(step: Step) -> None:
+            headers = {"Authorization": f"Bearer {tokens[step.caller]}",
+                       "X-Stub-Body-Bytes": "1500"}
+            body = b'{"note": "edited"}' if step.method == "PATCH" else None
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            start = time.perf_counter()
+            async with session.request(step.method, base + step.path, headers=headers,
+                                       data=body) as r:
+                await r.read()
+                cache = r.headers.get("X-Cache", "")
+                status = r.status
+            latencies.append(time.perf_counter() - start)
+            if status >= 500 or (step.method == "GET" and status != 200):
+                result.errors += 1
+            if step.method == "GET":
+                hit = cache in ("HIT", "STALE")
+                result.reads += 1
+                result.hits += hit
+                if step.path == DASHBOARD:
+                    result.dashboard_reads += 1
+                    result.dashboard_hits += hit
+            else:
+                result.writes += 1
+
+        if rate > 0:
+            await _paced(steps, rate, send)
+            return
+
         async def worker(mine: list[Step]) -> None:
             for step in mine:
-                headers = {"Authorization": f"Bearer {tokens[step.caller]}",
-                           "X-Stub-Body-Bytes": "1500"}
-                body = b'{"note": "edited"}' if step.method == "PATCH" else None
-                if body is not None:
-                    headers["Content-Type"] = "application/json"
-                start = time.perf_counter()
-                async with session.request(step.method, base + step.path, headers=headers,
-                                           data=body) as r:
-                    await r.read()
-                    cache = r.headers.get("X-Cache", "")
-                    status = r.status
-                latencies.append(time.perf_counter() - start)
-                if status >= 500 or (step.method == "GET" and status != 200):
-                    result.errors += 1
-                if step.method == "GET":
-                    hit = cache in ("HIT", "STALE")
-                    result.reads += 1
-                    result.hits += hit
-                    if step.path == DASHBOARD:
-                        result.dashboard_reads += 1
-                        result.dashboard_hits += hit
-                else:
-                    result.writes += 1
+                await send(step)
 
         shards: list[list[Step]] = [[] for _ in range(concurrency)]
         for step in steps:
             shards[step.caller % concurrency].append(step)
         await asyncio.gather(*(worker(s) for s in shards))
+
+
+async def _paced(steps: list[Step], rate: float,
+                 send: Callable[[Step], Awaitable[None]]) -> None:
+    """Each step at its arrival time (start + i / rate), after its caller's previous one."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    previous: dict[int, asyncio.Task[None]] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    async def after(before: asyncio.Task[None] | None, step: Step) -> None:
+        if before is not None:
+            await before
+        await send(step)
+
+    for i, step in enumerate(steps):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(after(previous.get(step.caller), step))
+        previous[step.caller] = task
+        tasks.append(task)
+    await asyncio.gather(*tasks)
 
 
 def scrape(admin_port: int) -> str:
@@ -147,7 +183,7 @@ def upstream_gets(admin_port: int) -> int:
 
 
 def run_mode(bench: Bench, mode: str, steps: list[Step], tokens: list[str], rules: Path,
-             redis_url: str, jwks_url: str, concurrency: int) -> Result:
+             redis_url: str, jwks_url: str, concurrency: int, rate: float) -> Result:
     py = sys.executable
     stub_port, port, admin = free_port(), free_port(), free_port()
     stub, stub_log = bench.spawn(f"stub-{mode}", LOAD_CPU, [py, "-m", "upstream_stub"],
@@ -166,7 +202,7 @@ def run_mode(bench: Bench, mode: str, steps: list[Step], tokens: list[str], rule
     result = Result(mode)
     before_gets, before_cpu, started = upstream_gets(admin), process_cpu(proc.pid), (
         time.perf_counter())
-    asyncio.run(replay(port, steps, tokens, concurrency, result))
+    asyncio.run(replay(port, steps, tokens, concurrency, result, rate))
     result.wall_seconds = time.perf_counter() - started
     result.cpu_seconds = process_cpu(proc.pid) - before_cpu
     result.upstream_gets = upstream_gets(admin) - before_gets
@@ -256,7 +292,7 @@ def flush(redis_port: int) -> None:
 
 
 def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: int,
-           hits: list[str]) -> str:
+           rate: float, hits: list[str]) -> str:
     shared_hits, reads = ideal(steps, per_caller=False)
     own_hits, _ = ideal(steps, per_caller=True)
     ideal_by_mode = {"per-credential": own_hits / reads, "shared": shared_hits / reads}
@@ -292,9 +328,13 @@ def report(results: list[Result], steps: list[Step], shape: Shape, concurrency: 
         f"it {shape.rereads[0]}-{shape.rereads[1]} times), {writes:,} writes "
         f"({writes / len(steps):.1%}, each erasing the patient and the dashboard), "
         f"{dashboard:,} dashboard polls; {reads:,} cacheable reads.",
-        f"- Replay: {concurrency} concurrent keep-alive connections (aiohttp client), each "
-        "caller's requests in trace order; stub with 2 ms PostgreSQL + 3 ms FHIR per read; "
-        "Redis with the near tier; shipped defaults otherwise (access log and audit to stdout).",
+        (f"- Replay: open loop, the trace's order at {rate:,.0f} requests/s (a caller's next "
+         "request waits for its previous answer), up to "
+         f"{concurrency} keep-alive connections (aiohttp client)" if rate > 0 else
+         f"- Replay: closed loop, {concurrency} keep-alive connections (aiohttp client) as "
+         "fast as they go, each caller's requests in trace order (a stress run)") +
+        "; stub with 2 ms PostgreSQL + 3 ms FHIR per read; Redis with the near tier; shipped "
+        "defaults otherwise (access log and audit to stdout).",
         "- Ideal: an unbounded cache that never expires on the same trace, keyed per entity "
         "(shared: what the seed's in-app cache reaches) or per entity and caller.", "",
         "| mode | hit ratio (X-Cache) | ideal | upstream GETs | GETs saved | p50 ms | p99 ms "
@@ -320,6 +360,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=Shape().requests)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=300.0,
+                        help="requests/s in trace order (a clinic's pace); 0: as fast as "
+                        "--concurrency connections go")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results-workload.md")
     parser.add_argument("--no-hits", action="store_true", help="skip the wrk hit-path table")
     args = parser.parse_args()
@@ -350,7 +393,8 @@ def main() -> None:
             for mode in ("per-credential", "shared"):
                 flush(rport)
                 result = run_mode(bench, mode, steps, tokens, rules[mode],
-                                  f"redis://127.0.0.1:{rport}/0", jwks_url, args.concurrency)
+                                  f"redis://127.0.0.1:{rport}/0", jwks_url, args.concurrency,
+                                  args.rate)
                 print(f"# {mode}: {result.hits}/{result.reads} hits, {result.upstream_gets} "
                       f"upstream GETs, {result.wall_seconds:.0f} s", file=sys.stderr)
                 results.append(result)
@@ -358,7 +402,7 @@ def main() -> None:
             bench.stop_all()
             asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
-    text = report(results, steps, shape, args.concurrency, hits)
+    text = report(results, steps, shape, args.concurrency, args.rate, hits)
     print(text)
     previous = args.out.read_text() if args.out.exists() else ""
     notes = previous.partition("<!-- notes -->")[2]  # kept across runs, as bench.run does

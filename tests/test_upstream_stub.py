@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from typing import Any
@@ -216,3 +217,22 @@ async def test_hits_counter_and_reset(client: Client) -> None:
     state.reset()
     assert not state.hits and not state.patients
     assert (await get_json(client, "/api/v1/patients/3", ALICE))["id"] == "3"
+
+
+async def test_a_304_skips_the_fhir_read(aiohttp_client: AiohttpClient) -> None:
+    """What makes revalidation worth it: an unchanged record costs the service its row read,
+    not its FHIR read (the benchmark's revalidated refresh relies on this)."""
+    client = await aiohttp_client(build_app(StubSettings(pg_delay_ms=0, fhir_delay_ms=1000)))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with client.get("/api/v1/patients/5", headers=ALICE) as resp:
+        etag = resp.headers["ETag"]
+    assert loop.time() - started >= 0.9  # a full answer reads FHIR
+    started = loop.time()
+    async with client.get("/api/v1/patients/5", headers={**ALICE, "If-None-Match": etag}) as resp:
+        assert resp.status == 304
+    assert loop.time() - started < 1.0  # no FHIR read at all (a sleep of 0)
+    started = loop.time()
+    async with client.get("/api/v1/patients/5", headers={**ALICE, "If-None-Match": '"x"'}) as resp:
+        assert resp.status == 200 and await resp.read()
+    assert loop.time() - started >= 0.9  # changed: the full read
