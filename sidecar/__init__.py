@@ -8,7 +8,9 @@ Data flow, one module per step::
            -> startup_check (one line: did Redis and the upstream answer?)
     SIDECAR_WORKERS > 1: cli -> supervisor (metrics dir, process_metrics) -> pool
                          -> N x server with worker (SO_REUSEPORT, control socket, lifeline)
-    proxy (handler; carries out what decisions says)
+    proxy (handler; carries out what decisions says; it holds the runtime, and each step
+           below gets only its part: lookup the `Tiers`, fetch the `Filler`, forward the
+           `Passage`)
       -> matching (rule, key) -> policy (may it use the cache?) -> variants (which copy)
          -> sharing (a verified caller of a `share:` rule: the shared copy)
             -> tokens (PyJWT, results remembered) -> jwks (keys fetched async, cached)

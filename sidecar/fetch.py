@@ -10,12 +10,13 @@ import asyncio
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from email.utils import formatdate
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sidecar.coordination import Lease
+from sidecar.coordination import Coordinator, Lease
 from sidecar.decisions import (
     NotStored,
     Refetch,
@@ -36,16 +37,25 @@ from sidecar.headers import (
     has_unsendable_value,
 )
 from sidecar.logs import RateLimitedWarning
-from sidecar.lookup import lookup
+from sidecar.lookup import Tiers, lookup
 from sidecar.matching import Match
 from sidecar.revalidation import conditional_headers
-from sidecar.runtime import Runtime
-from sidecar.upstream import read_capped
+from sidecar.upstream import Upstream, read_capped
 from sidecar.upstream_framing import overflowed
 
 OVERSIZED = "too-large"
 _warn = RateLimitedWarning(logging.getLogger("sidecar.upstream"), 10.0)
 
+
+@dataclass(eq=False, slots=True)
+class Filler:
+    """What a fill needs: the tiers it reads and stores, the upstream, the replicas' lease."""
+
+    tiers: Tiers
+    upstream: Upstream
+    coordinator: Coordinator
+    max_body_bytes: int
+    fill_timeout: float
 
 
 def _from_replica(entry: Entry) -> Fetched:
@@ -63,7 +73,7 @@ def strong_etag(body: bytes) -> str:
 
 
 async def fetch(
-    rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
+    fl: Filler, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
     *, relay: bool = False, stale: Entry | None = None,
 ) -> Fetched:
     """GET the upstream (HEAD misses too, so the answer can be stored) and store it.
@@ -72,50 +82,48 @@ async def fetch(
     and read what it stored, or fetch for themselves when the lease runs out. With a
     `stale` entry that has validators, the GET is conditional (see revalidation.py).
     """
-    assert rt.invalidator is not None and rt.cache is not None
     prefix = match.rule.key_prefix
-    claim = await rt.coordinator.claim(match.key, field, prefix)
+    claim = await fl.coordinator.claim(match.key, field, prefix)
     if claim.lease is None:
-        woken = await rt.coordinator.wait(claim)
-        entry = await lookup(rt, match, field)
-        if entry is not None and entry.remaining(rt.clock(), match.rule.ttl) > 0:
-            rt.metrics.coalesced.labels(prefix, "replica").inc()
+        woken = await fl.coordinator.wait(claim)
+        entry = await lookup(fl.tiers, match, field)
+        if entry is not None and entry.remaining(fl.tiers.clock(), match.rule.ttl) > 0:
+            fl.tiers.metrics.coalesced.labels(prefix, "replica").inc()
             return _from_replica(entry)
-        rt.metrics.coalesced.labels(
+        fl.tiers.metrics.coalesced.labels(
             prefix, "replica-woken-empty" if woken else "replica-timeout").inc()
     lease = claim.lease
     try:
-        fetched = await _fetch_upstream(rt, match, field, raw_target, headers, relay, lease,
+        fetched = await _fetch_upstream(fl, match, field, raw_target, headers, relay, lease,
                                         stale)
     finally:
         if lease is not None:  # not released with the store (nothing stored, or it failed)
-            await rt.coordinator.release(lease, match.key, field, prefix)
+            await fl.coordinator.release(lease, match.key, field, prefix)
     if fetched.entry is not None and (lease is None or lease.token is None):
         # Stored without a lease message: the other replicas' near tiers still hear of it.
-        await rt.coordinator.filled(match.key, field, prefix)
+        await fl.coordinator.filled(match.key, field, prefix)
     return fetched
 
 
 async def _fetch_upstream(
-    rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
+    fl: Filler, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
     relay: bool, lease: Lease | None = None, stale: Entry | None = None,
 ) -> Fetched:
-    assert rt.invalidator is not None and rt.cache is not None
     validators = conditional_headers(stale) if stale is not None else []
     if validators:
         headers = headers.copy()
         headers.extend(validators)
     try:
-        return await _fill(rt, match, field, raw_target, headers, relay, lease,
+        return await _fill(fl, match, field, raw_target, headers, relay, lease,
                            stale if validators else None, had_copy=stale is not None)
     except Exception:  # an upstream failure (a cancellation is not one)
         if validators:
-            rt.metrics.revalidations.labels(match.rule.key_prefix, "error").inc()
+            fl.tiers.metrics.revalidations.labels(match.rule.key_prefix, "error").inc()
         raise
 
 
 async def _fill(
-    rt: Runtime, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
+    fl: Filler, match: Match, field: str, raw_target: str, headers: CIMultiDict[str],
     relay: bool, lease: Lease | None, stale: Entry | None, *, had_copy: bool = False,
 ) -> Fetched:
     """One upstream GET (conditional when `stale` is given) and its storing.
@@ -124,19 +132,18 @@ async def _fill(
     without being stored (a 404, a 200 with no-store...) erases it, so it is never served
     again as stale.
     """
-    assert rt.invalidator is not None and rt.cache is not None
-    cap = rt.settings.max_body_bytes
+    cap = fl.max_body_bytes
     start = time.perf_counter()
-    ticket = rt.invalidator.begin(match.key)
-    epoch = rt.near.epoch if rt.near is not None else 0
+    ticket = fl.tiers.invalidator.begin(match.key)
+    epoch = fl.tiers.near.epoch if fl.tiers.near is not None else 0
     try:
         try:
             # One deadline for the whole fill: a drip-feeding upstream cannot hold it open.
-            async with asyncio.timeout(rt.settings.upstream_fill_timeout):
-                up = await rt.upstream.open("GET", raw_target, headers)
+            async with asyncio.timeout(fl.fill_timeout):
+                up = await fl.upstream.open("GET", raw_target, headers)
                 read: Fetched | _Read | None = None
                 try:
-                    read = await _read(rt, match, up, cap, start, relay)
+                    read = await _read(fl, match, up, cap, start, relay)
                 finally:
                     if not isinstance(read, Fetched) or read.handover is None:
                         up.release()
@@ -150,7 +157,7 @@ async def _fill(
             raise UpstreamUnavailable("upstream answered 304 to an unconditional GET")
         if isinstance(read, Fetched):
             if stale is not None:
-                rt.metrics.revalidations.labels(prefix, _result(read.status)).inc()
+                fl.tiers.metrics.revalidations.labels(prefix, _result(read.status)).inc()
                 if read.status == 304:
                     # Confirmed, but the 304 itself is unusable (bad header, overflow...):
                     # the caller gets the stored body, and nothing is updated.
@@ -158,7 +165,7 @@ async def _fill(
                     return Fetched(stale.status, "OK", CIMultiDict(stale.headers), stale.body,
                                    None, read.not_stored, revalidated=True)
             if had_copy and supersedes(read.status):
-                await _erase_copy(rt, match, field)
+                await _erase_copy(fl, match, field)
             return read
         assert read is not None
         status, reason, received, out_headers, body = read
@@ -166,57 +173,57 @@ async def _fill(
         age = _age(raw_headers.get("Age"))
         revalidated = False
         if stale is not None:
-            rt.metrics.revalidations.labels(prefix, _result(status)).inc()
+            fl.tiers.metrics.revalidations.labels(prefix, _result(status)).inc()
             if status == 304:
                 confirmed = on_not_modified(stale, raw_headers,
                                             honours_origin=match.rule.honours_origin,
                                             keyed=match.rule.vary)
                 if isinstance(confirmed, Refetch):
-                    return await _fill(rt, match, field, raw_target,
+                    return await _fill(fl, match, field, raw_target,
                                        _unconditional(headers), relay, lease, None,
                                        had_copy=had_copy)
                 status, reason, body, revalidated = stale.status, "OK", stale.body, True
                 raw_headers, out_headers = confirmed.headers, client_headers(confirmed.headers)
                 if confirmed.forbidden is not None:  # the copy it confirmed goes too
-                    await _erase_copy(rt, match, field)
+                    await _erase_copy(fl, match, field)
                     return Fetched(status, reason, out_headers, body, None,
                                    confirmed.forbidden, revalidated=True)
         if match.rule.honours_origin:  # RFC 9111 §4.2.3: its Date counts, not only its Age
-            age = max(age, apparent_age(raw_headers, rt.clock()))
+            age = max(age, apparent_age(raw_headers, fl.tiers.clock()))
         verdict = on_response(status, raw_headers, age=age, rule=match.rule, had_copy=had_copy)
         if verdict is None:
             if "ETag" not in out_headers:
                 out_headers["ETag"] = strong_etag(body)
             if "Date" not in out_headers:
                 # RFC 9110 §6.6.1: a cache records when a Date-less response was received.
-                out_headers["Date"] = formatdate(rt.clock(), usegmt=True)
+                out_headers["Date"] = formatdate(fl.tiers.clock(), usegmt=True)
             kept = on_lifetime(out_headers, age=age, rule=match.rule, had_copy=had_copy)
             verdict = kept if isinstance(kept, NotStored) else None
             life = kept.life if isinstance(kept, Store) else None
         if verdict is not None:
             if verdict.erase:  # gone, no longer storable, or no longer the caller's
-                await _erase_copy(rt, match, field)
+                await _erase_copy(fl, match, field)
             return Fetched(status, reason, out_headers, body, None, verdict.reason,
                            revalidated=revalidated)
         entry = Entry(
             status=status,
             headers=tuple((k, v) for k, v in out_headers.items()
                           if k.lower() not in COMPUTED_PER_ANSWER),
-            body=body, stored_at=rt.clock(), ttl=match.rule.ttl,
+            body=body, stored_at=fl.tiers.clock(), ttl=match.rule.ttl,
             initial_age=age,
             fresh_for=None if life is None else life.fresh,
             while_revalidate=None if life is None else life.while_revalidate,
             if_error=None if life is None else life.if_error,
             must_revalidate=life is not None and life.revalidate,
         )
-        if ticket.poisoned or rt.invalidator.pending(match.key):
+        if ticket.poisoned or fl.tiers.invalidator.pending(match.key):
             # Older than a write: the leader may answer with it, nobody else may reuse it.
             return Fetched(status, reason, out_headers, body, None, "invalidated")
         keep = match.rule.ttl + match.rule.stale.keep
         # The lease release and its wake-up ride in the store's round trip.
-        release = rt.coordinator.release_with(lease, match.key, field) if lease else None
-        stored = await rt.cache.put(
-            match.key, field, rt.codec.seal(match.key, field, entry.encode()), keep, prefix,
+        release = fl.coordinator.release_with(lease, match.key, field) if lease else None
+        stored = await fl.tiers.cache.put(
+            match.key, field, fl.tiers.codec.seal(match.key, field, entry.encode()), keep, prefix,
             release,
         )
         if stored and release is not None:
@@ -224,30 +231,29 @@ async def _fill(
             lease.released = True  # the caller's `finally` has nothing left to do
         if stored and ticket.poisoned:
             # A write landed while we were storing: take our copy back out.
-            if not await rt.cache.drop_field(match.key, field, prefix):
-                rt.invalidator.defer((match.key,))
+            if not await fl.tiers.cache.drop_field(match.key, field, prefix):
+                fl.tiers.invalidator.defer((match.key,))
             return Fetched(status, reason, out_headers, body, None, "invalidated")
         if stored:
-            rt.invalidator.stored(match.key)
-            if rt.near is not None:
-                rt.near.put(match.key, field, entry, keep, epoch)
+            fl.tiers.invalidator.stored(match.key)
+            if fl.tiers.near is not None:
+                fl.tiers.near.put(match.key, field, entry, keep, epoch)
         return Fetched(status, reason, out_headers, body, entry, None if stored else "cache-error",
                        revalidated=revalidated)
     finally:
-        rt.invalidator.end(match.key, ticket)
+        fl.tiers.invalidator.end(match.key, ticket)
 
 
 _Read = tuple[int, str | None, CIMultiDictProxy[str], CIMultiDict[str], bytes]
 
 
-async def _erase_copy(rt: Runtime, match: Match, field: str) -> None:
+async def _erase_copy(fl: Filler, match: Match, field: str) -> None:
     """This variant's stored copy is wrong now: out of Redis and every near tier."""
-    assert rt.cache is not None
     prefix = match.rule.key_prefix
-    if rt.near is not None:
-        rt.near.evict_field(match.key, field)
-    await rt.cache.drop_field(match.key, field, prefix)
-    await rt.coordinator.filled(match.key, field, prefix)
+    if fl.tiers.near is not None:
+        fl.tiers.near.evict_field(match.key, field)
+    await fl.tiers.cache.drop_field(match.key, field, prefix)
+    await fl.coordinator.filled(match.key, field, prefix)
 
 
 def _release(read: Fetched | _Read | None) -> None:
@@ -269,11 +275,11 @@ def _unconditional(headers: CIMultiDict[str]) -> CIMultiDict[str]:
 
 
 async def _read(
-    rt: Runtime, match: Match, up: aiohttp.ClientResponse, cap: int, start: float,
+    fl: Filler, match: Match, up: aiohttp.ClientResponse, cap: int, start: float,
     relay: bool,
 ) -> Fetched | _Read:
     """The whole body, or a Fetched that ends the fill (not relayable, oversized)."""
-    rt.metrics.upstream.labels(match.rule.name).observe(time.perf_counter() - start)
+    fl.tiers.metrics.upstream.labels(match.rule.name).observe(time.perf_counter() - start)
     if not 200 <= up.status <= 599:
         raise UpstreamUnavailable("upstream sent a status a proxy cannot relay")
     if has_unsendable_value(up.headers):  # aiohttp would refuse to send the answer

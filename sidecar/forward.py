@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -18,10 +19,10 @@ from multidict import CIMultiDict
 from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.headers import client_headers, has_unsendable_value, upstream_request_headers
 from sidecar.logs import RateLimitedWarning
+from sidecar.metrics import Metrics
 from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
 from sidecar.responses import BYPASS, cache_status, error, label
-from sidecar.runtime import RUNTIME, Runtime
-from sidecar.upstream import CHUNK
+from sidecar.upstream import CHUNK, Upstream
 
 log = logging.getLogger("sidecar.proxy")
 _warn = RateLimitedWarning(log, 10.0)
@@ -30,12 +31,21 @@ _warn = RateLimitedWarning(log, 10.0)
 OnHeaders = Callable[[int | None], Awaitable[None]]
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class Passage:
+    """What a pass-through needs: the upstream, its metrics, the public origin to send."""
+
+    upstream: Upstream
+    metrics: Metrics
+    public_origin: tuple[str, str] | None
+
+
 def forwarded_headers(
-    request: web.Request, *, strip_conditionals: bool = False
+    request: web.Request, public_origin: tuple[str, str] | None, *,
+    strip_conditionals: bool = False,
 ) -> CIMultiDict[str]:
     headers = upstream_request_headers(
-        request.headers, request.remote, request.app[RUNTIME].settings.public_origin,
-        strip_conditionals=strip_conditionals,
+        request.headers, request.remote, public_origin, strip_conditionals=strip_conditionals,
     )
     request_id = request.get(REQUEST_ID)
     if request_id is not None:  # the service logs the same id as the sidecar
@@ -44,9 +54,10 @@ def forwarded_headers(
     return headers
 
 
-def upstream_failure(rt: Runtime, rule: str, exc: UpstreamError, x_cache: str) -> web.Response:
+def upstream_failure(metrics: Metrics, rule: str, exc: UpstreamError, x_cache: str
+                     ) -> web.Response:
     kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
-    rt.metrics.upstream_errors.labels(rule, kind).inc()
+    metrics.upstream_errors.labels(rule, kind).inc()
     if kind == "timeout":
         return error(504, "upstream_timeout", "The identity service did not answer in time.",
                      x_cache, "upstream-timeout")
@@ -55,10 +66,10 @@ def upstream_failure(rt: Runtime, rule: str, exc: UpstreamError, x_cache: str) -
 
 
 async def forward(
-    request: web.Request, rt: Runtime, *, rule: str, x_cache: str, detail: str,
+    request: web.Request, passage: Passage, *, rule: str, x_cache: str, detail: str,
     on_headers: OnHeaders | None = None,
 ) -> web.StreamResponse:
-    headers = forwarded_headers(request)
+    headers = forwarded_headers(request, passage.public_origin)
     body = None
     if request.body_exists:
         body = request.content
@@ -67,8 +78,8 @@ async def forward(
     start = time.perf_counter()
     answered = False
     try:
-        async with rt.upstream.request(request.method, request.raw_path, headers, body) as up:
-            rt.metrics.upstream.labels(rule).observe(time.perf_counter() - start)
+        async with passage.upstream.request(request.method, request.raw_path, headers, body) as up:
+            passage.metrics.upstream.labels(rule).observe(time.perf_counter() - start)
             answered = True
             if on_headers is not None:
                 await on_headers(up.status)
@@ -81,7 +92,7 @@ async def forward(
         sent = not isinstance(exc, UpstreamUnavailable) or exc.sent
         if on_headers is not None and not answered and sent:
             await on_headers(None)
-        return upstream_failure(rt, rule, exc, x_cache)
+        return upstream_failure(passage.metrics, rule, exc, x_cache)
 
 
 async def relay(

@@ -3,65 +3,82 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from sidecar.codec import SealError
+from sidecar.codec import Codec, SealError
 from sidecar.entry import CorruptEntry, Entry
+from sidecar.guarded_store import GuardedStore
+from sidecar.invalidation import Invalidator
 from sidecar.matching import Match
-from sidecar.runtime import Runtime
+from sidecar.metrics import Metrics
+from sidecar.near_cache import NearCache
+from sidecar.telemetry import Telemetry
 
 log = logging.getLogger("sidecar.cache")
 
 
-async def lookup(rt: Runtime, match: Match, field: str) -> Entry | None:
+@dataclass(eq=False, slots=True)
+class Tiers:
+    """What reading a variant needs, and nothing of the request path around it."""
+
+    cache: GuardedStore
+    invalidator: Invalidator
+    near: NearCache | None
+    codec: Codec
+    metrics: Metrics
+    telemetry: Telemetry
+    clock: Callable[[], float]
+
+
+async def lookup(tiers: Tiers, match: Match, field: str) -> Entry | None:
     """The near tier first, then the store; what the store returns fills the near tier."""
-    assert rt.cache is not None and rt.invalidator is not None
-    if rt.invalidator.pending(match.key):
+    if tiers.invalidator.pending(match.key):
         return None
-    near = rt.near
+    near = tiers.near
     epoch = 0
     if near is not None:
-        if not rt.cache.breaker.closed:
+        if not tiers.cache.breaker.closed:
             # Redis is failing: invalidations may not be getting through. Start afresh.
             if len(near):
                 near.flush()
         else:
-            entry = near.get(match.key, field, rt.clock())
+            entry = near.get(match.key, field, tiers.clock())
             if entry is not None:
-                rt.metrics.near_hit(match.rule.key_prefix)
+                tiers.metrics.near_hit(match.rule.key_prefix)
                 return entry
         epoch = near.epoch
-    entry = await _from_store(rt, match, field)
-    if entry is not None and rt.invalidator.erased_since(match.key, entry.stored_at):
+    entry = await _from_store(tiers, match, field)
+    if entry is not None and tiers.invalidator.erased_since(match.key, entry.stored_at):
         # Stored before a write erased it: back from a replica the delete had not reached
         # (a failover). A miss; the fill that follows overwrites it.
-        rt.metrics.cache_errors.labels("get", "erased").inc()
+        tiers.metrics.cache_errors.labels("get", "erased").inc()
         return None
     if entry is not None and near is not None:
         near.put(match.key, field, entry, match.rule.ttl + match.rule.stale.keep, epoch)
     return entry
 
 
-async def _from_store(rt: Runtime, match: Match, field: str) -> Entry | None:
-    assert rt.cache is not None
+async def _from_store(tiers: Tiers, match: Match, field: str) -> Entry | None:
     prefix = match.rule.key_prefix
-    if rt.telemetry.enabled:
-        with rt.telemetry.tracer.start_as_current_span("cache.lookup") as span:
-            blob = await rt.cache.get(match.key, field, prefix)
+    if tiers.telemetry.enabled:
+        with tiers.telemetry.tracer.start_as_current_span("cache.lookup") as span:
+            blob = await tiers.cache.get(match.key, field, prefix)
             span.set_attributes({"sidecar.key_prefix": prefix, "sidecar.found": blob is not None,
-                                 "sidecar.cache.backend": rt.cache.store.name})
+                                 "sidecar.cache.backend": tiers.cache.store.name})
     else:
-        blob = await rt.cache.get(match.key, field, prefix)
+        blob = await tiers.cache.get(match.key, field, prefix)
     if blob is None:
         return None
     try:
-        return Entry.decode(rt.codec.open(match.key, field, blob))
+        return Entry.decode(tiers.codec.open(match.key, field, blob))
     except SealError as exc:
-        rt.metrics.decrypt_failures.inc()
+        tiers.metrics.decrypt_failures.inc()
         log.warning("stored value did not open (%s); treating as a miss", exc,
                     extra={"key_prefix": prefix})
     except CorruptEntry:
-        rt.metrics.cache_errors.labels("decode", "corrupt").inc()
+        tiers.metrics.cache_errors.labels("decode", "corrupt").inc()
         log.warning("stored value is not an entry; treating as a miss",
                     extra={"key_prefix": prefix})
-    await rt.cache.drop_field(match.key, field, prefix)
+    await tiers.cache.drop_field(match.key, field, prefix)
     return None

@@ -98,7 +98,7 @@ async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.Str
     if isinstance(routed, Forward):
         outcome.rule = routed.rule or NO_RULE
         rt.metrics.bypass.labels(routed.detail).inc()
-        return await forward(request, rt, rule=outcome.rule, x_cache=BYPASS,
+        return await forward(request, rt.passage, rule=outcome.rule, x_cache=BYPASS,
                              detail=routed.detail)
     written, invalidator = routed.written, rt.invalidator
 
@@ -113,7 +113,7 @@ async def _route(request: web.Request, rt: Runtime, outcome: Outcome) -> web.Str
         if written.unsure and (status is None or status < 300 or status >= 500):
             await invalidator.invalidate_prefixes(written.unsure)
 
-    return await forward(request, rt, rule=NO_RULE, x_cache=BYPASS, detail="method",
+    return await forward(request, rt.passage, rule=NO_RULE, x_cache=BYPASS, detail="method",
                          on_headers=invalidate if written else None)
 
 
@@ -130,9 +130,9 @@ async def _cached(
     head = request.method == "HEAD"
     refresh = wants_refresh(headers)
     terms = asked(headers) if rule.honours_origin else PLAIN  # RFC 9111 §5.2.1
-    assert rt.invalidator is not None
+    assert rt.tiers is not None  # a cached rule is only routed here with the cache on
     seen = time.time()  # a write after this makes the copy read here unservable
-    entry = None if refresh else await lookup(rt, match, field)
+    entry = None if refresh else await lookup(rt.tiers, match, field)
     if entry is not None and not coding_acceptable(entry.header("Content-Encoding"), codings):
         entry = None
     if entry is not None and rule.honours_origin and entry.fresh_for is None:
@@ -172,10 +172,13 @@ def _serve_stale(
     prefix = match.rule.key_prefix
     rt.metrics.hit(prefix)
     outcome.cache = STALE
-    upstream_headers = forwarded_headers(request, strip_conditionals=True)
+    upstream_headers = forwarded_headers(request, rt.settings.public_origin,
+                                         strip_conditionals=True)
+    filler = rt.filler
+    assert filler is not None
     rt.flights.background(
         (match.key, field),
-        lambda: fetch(rt, match, field, request.raw_path, upstream_headers, stale=entry))
+        lambda: fetch(filler, match, field, request.raw_path, upstream_headers, stale=entry))
     rt.metrics.stale.labels(prefix, "max-stale" if looked.asked else "revalidating").inc()
     status = cache_status("hit", "fwd=stale", f"ttl={int(looked.remaining)}",
                           "detail=max-stale" if looked.asked else "")
@@ -203,7 +206,7 @@ async def _unaudited(request: web.Request, rt: Runtime, outcome: Outcome
     """The audit line of a cached read was lost and is required: the service answers."""
     rt.metrics.bypass.labels("audit-unavailable").inc()
     outcome.cache = MISS
-    return await forward(request, rt, rule=outcome.rule, x_cache=MISS,
+    return await forward(request, rt.passage, rule=outcome.rule, x_cache=MISS,
                          detail="audit-unavailable")
 
 
@@ -228,11 +231,13 @@ async def _miss(
     refresh: bool, outcome: Outcome, seen: float, subject: str,
 ) -> web.StreamResponse:
     rule, prefix = match.rule, match.rule.key_prefix
-    upstream_headers = forwarded_headers(request, strip_conditionals=True)
-    target = request.raw_path
+    upstream_headers = forwarded_headers(request, rt.settings.public_origin,
+                                         strip_conditionals=True)
+    target, filler = request.raw_path, rt.filler
+    assert filler is not None
     future, leader = rt.flights.join(
         (match.key, field),
-        lambda: fetch(rt, match, field, target, upstream_headers, relay=True, stale=stale))
+        lambda: fetch(filler, match, field, target, upstream_headers, relay=True, stale=stale))
     head = request.method == "HEAD"
     try:
         result = await future
@@ -241,14 +246,14 @@ async def _miss(
         if task is not None and task.cancelling():
             raise  # this request itself is being cancelled
         # The shared fetch was cancelled under us (drain): fetch on our own.
-        return await forward(request, rt, rule=rule.name, x_cache=MISS, detail="uncached")
+        return await forward(request, rt.passage, rule=rule.name, x_cache=MISS, detail="uncached")
     except UpstreamError as exc:
         now = rt.clock()
         if stale is not None and _stale_if_error(rt, stale, match, now, seen) and (
                 answer := _serve_stale_on_error(request, rt, match, stale, now, outcome,
                                                 subject)) is not None:
             return answer
-        return upstream_failure(rt, rule.name, exc, MISS)
+        return upstream_failure(rt.metrics, rule.name, exc, MISS)
     now = rt.clock()
     if result.status >= 500 and stale is not None and _stale_if_error(
             rt, stale, match, now, seen) and (
@@ -265,7 +270,7 @@ async def _miss(
                 up.release()
     if result.oversized or (not leader and result.entry is None):
         # Not shareable: this caller gets its own upstream exchange.
-        return await forward(request, rt, rule=rule.name, x_cache=MISS,
+        return await forward(request, rt.passage, rule=rule.name, x_cache=MISS,
                              detail=result.not_stored or "uncached")
     if not leader or result.replica:
         # Another request's fetch (here or in another replica) answers this one.

@@ -75,7 +75,7 @@ async def test_a_stale_answer_is_audited(
     stack = await _audited_stack(make_stack, tmp_path)
     await stack.proxy.get(PATIENT)
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + 610  # past the TTL, within while_revalidate
+    stack.rt.set_clock(lambda: clock() + 610)  # past the TTL, within while_revalidate
     stale = await stack.proxy.get(PATIENT)
     assert stale.x_cache == "STALE"
     assert [x["outcome"] for x in _lines(tmp_path / "audit.log")] == ["STALE"]

@@ -83,7 +83,7 @@ async def test_in_flight_requests_finish_under_the_rules_they_started_with(
 async def test_age_counts_time_in_cache(stack: Stack) -> None:
     await stack.proxy.get(PATIENT)
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + 42
+    stack.rt.set_clock(lambda: clock() + 42)
     hit = await stack.proxy.get(PATIENT)
     assert hit.x_cache == "HIT" and hit.headers["Age"] == "42"
 
@@ -92,7 +92,7 @@ async def test_expired_entry_is_a_miss(make_stack: StackFactory, redis_client: R
     stack = await make_stack({"CACHE_TTL_PATIENT": "10"})
     await stack.proxy.get(PATIENT)
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + 10 + 900 + 1  # past TTL and every stale window
+    stack.rt.set_clock(lambda: clock() + 10 + 900 + 1)  # past TTL and every stale window
     assert (await stack.proxy.get(PATIENT)).x_cache == "MISS"
     assert stack.upstream_hits(PATIENT) == 2
 

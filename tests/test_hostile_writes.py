@@ -123,7 +123,7 @@ async def test_a_write_that_never_reached_the_service_erases_nothing(
     assert reply.status == 502
     assert await redis_client.exists(KEY) == 1
     # Expired meanwhile: stale-if-error still has the copy to serve.
-    dead.rt.clock = lambda: __import__("time").time() + 700
+    dead.rt.set_clock(lambda: __import__("time").time() + 700)
     stale = await dead.proxy.get(PATIENT)
     assert stale.status == 200 and stale.x_cache == "STALE"
 

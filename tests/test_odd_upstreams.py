@@ -130,7 +130,7 @@ async def test_stale_if_error_is_labelled_stale_in_metrics_and_log(
     live = await make_stack()
     await live.proxy.get(PATIENT)
     stack = await make_stack()
-    stack.rt.clock = lambda: time.time() + 700  # expired, within stale-if-error
+    stack.rt.set_clock(lambda: time.time() + 700)  # expired, within stale-if-error
     reply = await stack.proxy.get(PATIENT, headers={"X-Stub-Status": "503"})
     assert reply.status == 200 and reply.x_cache == "STALE"
     metrics = (await stack.admin.get("/metrics", token=None)).body.decode()

@@ -20,7 +20,7 @@ PAST_THE_WINDOW = 600 + 31  # past stale-while-revalidate (30 s): a miss with a 
 
 def _advance(stack: Stack, seconds: float) -> None:
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + seconds
+    stack.rt.set_clock(lambda: clock() + seconds)
 
 
 async def _revalidations(stack: Stack, result: str) -> float:

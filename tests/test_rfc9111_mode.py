@@ -24,7 +24,7 @@ assert RFC9111_ROUTES != ROUTES
 
 def _advance(stack: Stack, seconds: float) -> None:
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + seconds
+    stack.rt.set_clock(lambda: clock() + seconds)
 
 
 def _origin(value: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ PATIENT = "/api/v1/patients/42"
 
 def _advance(stack: Stack, seconds: float) -> None:
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + seconds
+    stack.rt.set_clock(lambda: clock() + seconds)
 
 
 async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(

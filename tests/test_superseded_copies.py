@@ -33,7 +33,7 @@ PAST_SWR = 600 + 31  # past stale-while-revalidate (30 s), inside stale-if-error
 
 def _advance(stack: Stack, seconds: float) -> None:
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + seconds
+    stack.rt.set_clock(lambda: clock() + seconds)
 
 
 async def _direct(stack: Stack, method: str, body: dict[str, str] | None = None) -> int:

@@ -14,7 +14,7 @@ PATIENT = "/api/v1/patients/42"
 
 def _advance(stack: Stack, seconds: float) -> None:
     clock = stack.rt.clock
-    stack.rt.clock = lambda: clock() + seconds
+    stack.rt.set_clock(lambda: clock() + seconds)
 
 
 def _reload_with_ttl(stack: Stack, tmp_path: Path, ttl: int) -> None:
