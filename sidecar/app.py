@@ -27,7 +27,6 @@ from sidecar.near_cache import NearCache
 from sidecar.proxy import handle
 from sidecar.redis_ha import build_redis_store
 from sidecar.redis_url import parse_target
-from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
@@ -106,7 +105,8 @@ def build_runtime(
                                  audience=settings.jwt_audience, leeway=settings.jwt_leeway)
     rt = Runtime(
         store=store, coordinator=coordinator, access_log=AccessLog(settings.access_log_sample),
-        audit=AuditSink(settings.audit_log, settings.audit_required),
+        audit=AuditSink(settings.audit_log, settings.audit_required,
+                        on_lost=metrics.audit_failures.inc),
         settings=settings, rules=rules, cache=cache, invalidator=invalidator,
         hasher=hasher, callers=Callers(hasher, verifier), jwks=jwks,
         codec=build_codec(settings.encryption_key, settings.encryption_key_previous),
@@ -132,15 +132,7 @@ def proxy_app(rt: Runtime) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_token_keys)
     app.on_shutdown.append(_drain)
-    app.on_response_prepare.append(_request_id)
     return app
-
-
-async def _request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries the request's id (a one-buffer hit writes it itself, wire.py)."""
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
-        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 async def _drain(app: web.Application) -> None:

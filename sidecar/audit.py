@@ -4,19 +4,25 @@ The service's own access log never sees a cached read, so this is where "who rea
 record, and when" is kept (GDPR art. 30/32, HIPAA §164.312(b)). It is the one place a
 record id appears; the access log and metrics stay free of ids.
 
-Each line is written synchronously (one `write` to an `O_APPEND` file descriptor, or to
-stdout under the logger name `sidecar.audit`), so the caller knows at once whether it was
-kept: `CACHE_AUDIT_REQUIRED=true` then answers from the upstream instead of the cache.
+Lines go to an `O_APPEND` file descriptor, or to stdout under the logger name
+`sidecar.audit`. With `CACHE_AUDIT_REQUIRED=true` each line is written before its answer
+leaves, so a line that cannot be written sends the request upstream instead. Otherwise the
+lines of one event-loop iteration are written together at its end (one `write` for all the
+answers it served, not one per hit), and lines that could not be written are counted in
+`cache_audit_failures_total` all the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
+
+_QUOTED_MAX = 4096  # remembered JSON-quoted strings (rules, subjects, client addresses)
 
 STDOUT = "stdout"
 LOGGER = "sidecar.audit"
@@ -26,32 +32,66 @@ class AuditSink:
     """Writes audit lines to a file (appended, created 0600) or to stdout."""
 
     def __init__(self, target: str, required: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_lost: Callable[[int], object] | None = None) -> None:
         self.target = target
         self.required = required
         self._clock = clock
+        self._on_lost = on_lost  # how many batched lines a failed write lost
         self._fd: int | None = None
         self._second = -1
         self._stamp = ""
+        self._pending: list[bytes] = []
+        self._scheduled = False
+        self._quoted: dict[str, str] = {}
 
     def write(self, *, rule: str, key: str, subject: str, client: str | None,
               request_id: str, outcome: str, status: int) -> bool:
-        """Write one line; False when it could not be written (the caller counts it).
+        """Write (or batch) one line; False when it could not be written (the caller counts
+        it). Batched lines count their own failures, so they always return True.
 
-        `request_id` is of the safe alphabet and `outcome` a fixed label; the rest is
-        JSON-quoted (short strings: no encoder of a whole record per hit).
+        `key` is of the key alphabet (matching.SAFE_KEY), `request_id` of the safe one and
+        `outcome` a fixed label; the rest is JSON-quoted once and remembered.
         """
         now = self._clock()
         second = int(now)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        quote = json.dumps
+        quote = self._quote
         data = (f'{{"ts":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info",'
                 f'"logger":"{LOGGER}","msg":"cached read","rule":{quote(rule)},'
-                f'"key":{quote(key)},"subject":{quote(subject)},"client":{quote(client)},'
+                f'"key":"{key}","subject":{quote(subject)},'
+                f'"client":{"null" if client is None else quote(client)},'
                 f'"request_id":"{request_id}","outcome":"{outcome}","status":{status}}}\n'
                 ).encode()
+        if self.required:
+            return self._emit(data)
+        self._pending.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Write the batched lines in one call (end of the loop iteration, and at close)."""
+        self._scheduled = False
+        if not self._pending:
+            return
+        data, lost = b"".join(self._pending), len(self._pending)
+        self._pending.clear()
+        if not self._emit(data) and self._on_lost is not None:
+            self._on_lost(lost)
+
+    def _quote(self, text: str) -> str:
+        quoted = self._quoted.get(text)
+        if quoted is None:
+            if len(self._quoted) >= _QUOTED_MAX:
+                self._quoted.clear()
+            quoted = self._quoted[text] = json.dumps(text)
+        return quoted
+
+    def _emit(self, data: bytes) -> bool:
         try:
             if self.target == STDOUT:
                 sys.stdout.buffer.write(data)
@@ -59,7 +99,7 @@ class AuditSink:
             else:
                 self._write_file(data)
         except (OSError, ValueError):
-            self.close()  # reopened on the next line (a rotated or remounted file)
+            self.close_fd()  # reopened on the next line (a rotated or remounted file)
             return False
         return True
 
@@ -71,6 +111,11 @@ class AuditSink:
             raise OSError("short write to the audit log")
 
     def close(self) -> None:
+        """Write what is batched, then let the descriptor go (shutdown)."""
+        self.flush()
+        self.close_fd()
+
+    def close_fd(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):

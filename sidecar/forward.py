@@ -104,6 +104,9 @@ async def relay(
                              headers=client_headers(up.headers))
     fwd = "fwd=bypass" if x_cache == BYPASS else "fwd=miss"
     label(out.headers, x_cache, cache_status(fwd, f"detail={detail}"))
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:  # ours, not the service's (prepared here, not in serve)
+        out.headers[REQUEST_ID_HEADER] = request_id
     length = up.headers.get("Content-Length")
     if length is not None and length.isdigit() and up.status not in (204, 304):
         out.content_length = int(length)

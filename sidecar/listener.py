@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 log = logging.getLogger("sidecar")
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 CANCEL_GRACE_S = 0.5
 # The admin port drains after the proxy port (its probes answer 503 meanwhile): scrapes,
 # probes and purges are short, so its own budget is this, then CANCEL_GRACE_S.
@@ -128,17 +130,23 @@ def _task(conn: web.RequestHandler) -> asyncio.Task[None] | None:
 class BoundedRunner(web.AppRunner):
     """`web.AppRunner` serving through a `BoundedServer`: keep-alive, header, drain limits."""
 
-    __slots__ = ("_listener",)
+    __slots__ = ("_direct", "_listener")
 
     def __init__(self, app: web.Application, *, listener: str, keepalive_timeout: float,
-                 header_timeout: float, shutdown_timeout: float) -> None:
+                 header_timeout: float, shutdown_timeout: float,
+                 direct: Callable[[Handler], Handler] | None = None, **kwargs: Any) -> None:
         super().__init__(app, access_log=None, shutdown_timeout=shutdown_timeout,
-                         keepalive_timeout=keepalive_timeout, header_timeout=header_timeout)
+                         keepalive_timeout=keepalive_timeout, header_timeout=header_timeout,
+                         **kwargs)
         self._listener = listener
+        self._direct = direct  # wraps the app's handler: a port with one route skips routing
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the app's startup, aiohttp's handler kwargs
-        return BoundedServer(made.request_handler, listener=self._listener,
+        handler = made.request_handler
+        if self._direct is not None:
+            handler = self._direct(handler)
+        return BoundedServer(handler, listener=self._listener,
                              request_factory=made.request_factory,
                              handler_cancellation=made.handler_cancellation,
                              loop=made._loop, **made._kwargs)

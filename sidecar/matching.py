@@ -40,7 +40,27 @@ def split_target(raw_target: str) -> tuple[str, str | None]:
     return path, (query if sep else None)
 
 
+# Targets remembered per rule set (hot entities repeat); short ones only, so hostile
+# targets cannot make it large: at most _MEMO_MAX x _MEMO_TARGET_MAX characters.
+_MEMO_MAX = 8192
+_MEMO_TARGET_MAX = 256
+
+
 def match_rule(rules: RuleSet, method: str, raw_target: str) -> Match | NoMatch:
+    """The rule and key for this request (remembered: matching is pure)."""
+    memo = rules.matched
+    found = memo.get((method, raw_target))
+    if found is not None:
+        return found  # type: ignore[return-value]  # only this function writes the memo
+    result = _match_rule(rules, method, raw_target)
+    if len(raw_target) <= _MEMO_TARGET_MAX:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[(method, raw_target)] = result
+    return result
+
+
+def _match_rule(rules: RuleSet, method: str, raw_target: str) -> Match | NoMatch:
     path, query = split_target(raw_target)
     for rule in rules.rules:
         m = rule.regex.fullmatch(path)

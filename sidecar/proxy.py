@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from opentelemetry.trace import SpanKind
 
 from sidecar.decisions import (
@@ -43,13 +44,15 @@ from sidecar.policy import (
     not_modified,
     wants_refresh,
 )
-from sidecar.request_ids import REQUEST_ID
+from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
 from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, error, label, replay
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.telemetry import PROPAGATOR
 from sidecar.variants import accepted_codings, variant_field, varied_values
-from sidecar.wire import eligible
+from sidecar.wire import WireResponse, eligible
 
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+EXPECT = hdrs.EXPECT
 log = logging.getLogger("sidecar.proxy")
 
 
@@ -62,7 +65,22 @@ class Outcome:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    rt = request.app[RUNTIME]
+    """The app's one route (what aiohttp's router calls)."""
+    return await serve(request, request.app[RUNTIME])
+
+
+def direct(rt: Runtime, routed: Handler) -> Handler:
+    """The proxy port's handler: every request is `serve`'s, so aiohttp's router, match
+    info and signals are skipped on the hottest path. A request with `Expect` takes the
+    app's path, where aiohttp answers `100-continue` (or 417)."""
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if EXPECT in request.headers:
+            return await routed(request)
+        return await serve(request, rt)  # type: ignore[arg-type]  # the app's request class
+    return handler
+
+
+async def serve(request: web.Request, rt: Runtime) -> web.StreamResponse:
     start = time.perf_counter()
     outcome = Outcome()
     request_id = request[REQUEST_ID] = rt.request_ids.take(request.headers)
@@ -78,6 +96,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 "sidecar.cache": outcome.cache, "http.response.status_code": response.status})
     else:
         response = await _route(request, rt, outcome)
+    if not response.prepared and type(response) is not WireResponse:
+        response.headers[REQUEST_ID_HEADER] = request_id  # a wire answer carries it already
     elapsed = time.perf_counter() - start
     rt.metrics.request_time(outcome.rule, outcome.cache, response.status, elapsed)
     rt.access_log.record(request, outcome.rule, outcome.cache, response.status, elapsed,

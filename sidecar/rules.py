@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,10 @@ class RuleSet:
     writes: tuple[WriteRule, ...]
     source: str
     digest: str
+    # (method, raw target) -> what matching.match_rule found: a pure function of this rule
+    # set, so a reload (a new RuleSet) starts empty. Bounded there.
+    matched: dict[tuple[str, str], object] = field(default_factory=dict, compare=False,
+                                                   repr=False)
 
     @property
     def prefixes(self) -> tuple[str, ...]:

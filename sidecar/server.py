@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from aiohttp import web
 from sidecar import startup_check
 from sidecar.app import build_apps
 from sidecar.listener import ADMIN_DRAIN_S, BoundedRunner
+from sidecar.proxy import direct
 from sidecar.reload import Reloader
 from sidecar.rules import RuleSet
 from sidecar.runtime import RUNTIME
@@ -39,11 +41,12 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
     if worker is not None:
         add_control_routes(admin)
     rt = proxy[RUNTIME]
-    limits = {"keepalive_timeout": settings.keepalive_timeout,
-              "header_timeout": settings.header_timeout}
-    proxy_runner = BoundedRunner(proxy, listener="proxy",
-                                 shutdown_timeout=settings.shutdown_timeout, **limits)
-    admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=ADMIN_DRAIN_S, **limits)
+    keepalive, header = settings.keepalive_timeout, settings.header_timeout
+    proxy_runner = BoundedRunner(proxy, listener="proxy", direct=partial(direct, rt),
+                                 shutdown_timeout=settings.shutdown_timeout,
+                                 keepalive_timeout=keepalive, header_timeout=header)
+    admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=ADMIN_DRAIN_S,
+                                 keepalive_timeout=keepalive, header_timeout=header)
     await proxy_runner.setup()
     await admin_runner.setup()
     try:

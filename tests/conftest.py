@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from yarl import URL
 
 from sidecar.app import build_apps
+from sidecar.listener import BoundedRunner
+from sidecar.proxy import direct
 from sidecar.rules import load_rules, parse_rules
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.settings import Settings
@@ -120,6 +122,18 @@ class Stack:
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
+class ProxyTestServer(TestServer):
+    """The proxy app served as `python -m sidecar` serves it: the bounded runner and the
+    port's one-route handler (`proxy.direct`), not aiohttp's router."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        rt = self.app[RUNTIME]
+        return BoundedRunner(self.app, listener="proxy", direct=lambda routed: direct(rt, routed),
+                             keepalive_timeout=rt.settings.keepalive_timeout,
+                             header_timeout=rt.settings.header_timeout,
+                             shutdown_timeout=rt.settings.shutdown_timeout, **kwargs)
+
+
 @pytest.fixture
 async def stub_server() -> AsyncIterator[TestServer]:
     server = TestServer(build_app(StubSettings()), host="127.0.0.1")
@@ -148,7 +162,7 @@ async def make_stack(
         proxy_app, admin_app = build_apps(settings, rules, telemetry=telemetry)
         pair = []
         for app in (proxy_app, admin_app):
-            server = TestServer(app, host="127.0.0.1")
+            server = (ProxyTestServer if app is proxy_app else TestServer)(app, host="127.0.0.1")
             await server.start_server()
             servers.append(server)
             client = Client(str(server.make_url("")).rstrip("/"))

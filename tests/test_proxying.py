@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -146,3 +147,29 @@ async def test_streamed_response_cut_mid_body_reaches_client_as_cut(stack: Stack
         await stack.proxy.get("/api/v1/stream?chunks=20&close_early=1", token=None)
     whole = await stack.proxy.get("/api/v1/stream?chunks=20", token=None)
     assert len(whole.body) == 20 * 1024
+
+
+async def test_expect_100_continue_is_answered_before_the_body(stack: Stack) -> None:
+    """A client that waits for `100 Continue` before sending its body gets it (aiohttp's
+    expect handler, on the app's path), then the upstream's answer with a request id."""
+    host, port = URL(stack.proxy.base).host, URL(stack.proxy.base).port
+    assert host is not None and port is not None
+    body = b"x" * 1000
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"POST /api/v1/echo HTTP/1.1\r\nHost: sidecar\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 1000\r\nConnection: close\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        final = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, echoed = final.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and echoed == body
+    assert b"\r\nX-Request-ID: " in head and b"\r\nX-Cache: BYPASS" in head
+
+
+async def test_an_unknown_expectation_is_refused_with_417(stack: Stack) -> None:
+    reply = await stack.proxy.get(PATIENT, headers={"Expect": "something-else"})
+    assert reply.status == 417 and stack.upstream_hits(PATIENT) == 0
