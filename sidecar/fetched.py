@@ -1,7 +1,6 @@
 """What a fill hands to the requests waiting on it: the response, and how to relay it.
 
-Its own module so `runtime.py` (which types the single-flight table by it) does not import
-the fill, which imports the lookup, which imports the runtime.
+Its own module: the single-flight table and the handler type by it without the fill.
 """
 
 from __future__ import annotations
