@@ -22,8 +22,6 @@ def request_bypass_reason(method: str, headers: Headers, has_body: bool) -> str 
         return "method"
     if has_body:
         return "request-body"
-    if "Range" in headers:
-        return "range"
     if "Upgrade" in headers:
         return "upgrade"
     if has_token(headers, "Cache-Control", "no-store"):

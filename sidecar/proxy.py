@@ -44,8 +44,19 @@ from sidecar.policy import (
     not_modified,
     wants_refresh,
 )
+from sidecar.ranges import if_range_holds, single_range
 from sidecar.request_ids import REQUEST_ID, REQUEST_ID_HEADER
-from sidecar.responses import BYPASS, HIT, MISS, STALE, cache_status, error, label, replay
+from sidecar.responses import (
+    BYPASS,
+    HIT,
+    MISS,
+    STALE,
+    cache_status,
+    error,
+    label,
+    replay,
+    replay_range,
+)
 from sidecar.runtime import RUNTIME, Runtime
 from sidecar.telemetry import PROPAGATOR
 from sidecar.variants import accepted_codings, variant_field, varied_values
@@ -160,9 +171,14 @@ async def _cached(
     now = rt.clock()
     looked = on_lookup(entry, now=now, ttl=rule.ttl, stale=rule.stale, terms=terms,
                        plain=terms is PLAIN, draining=rt.draining)
+    ranged = request.method == "GET" and "Range" in headers  # HEAD ignores Range
+    if ranged and not (isinstance(looked, Fresh) and entry is not None and entry.status == 200):
+        return await _range_passes(request, rt, rule.name)
     if isinstance(looked, Fresh):
         assert entry is not None
-        unchanged = _conditional(request, entry)
+        unchanged = _conditional(request, entry)  # RFC 9110 §13.2.2: before the Range
+        if ranged and not unchanged and if_range_holds(headers.get("If-Range"), entry):
+            return await _range(request, rt, match, subject, entry, looked, outcome)
         if not _audited(request, rt, match, subject, HIT, entry, unchanged):
             return await _unaudited(request, rt, outcome)
         rt.metrics.hit(prefix)
@@ -183,6 +199,27 @@ async def _cached(
                      "only-if-cached")
     stale = looked.stale if isinstance(looked, Miss) else entry  # an unaudited stale copy
     return await _miss(request, rt, match, field, stale, refresh, outcome, seen, subject)
+
+
+async def _range(request: web.Request, rt: Runtime, match: Match, subject: str, entry: Entry,
+                 looked: Fresh, outcome: Outcome) -> web.StreamResponse:
+    """One satisfiable byte range of a fresh stored 200: a 206 from the cache."""
+    values = request.headers.getall("Range")
+    span = single_range(values[0], len(entry.body)) if len(values) == 1 else None
+    if span is None:  # several ranges, other units, past the end: the service answers
+        return await _range_passes(request, rt, match.rule.name)
+    if not _audited(request, rt, match, subject, HIT, entry, False, status=206):
+        return await _unaudited(request, rt, outcome)
+    rt.metrics.hit(match.rule.key_prefix)
+    outcome.cache = HIT
+    return replay_range(entry, span, now=rt.clock(), x_cache=HIT,
+                        status=cache_status("hit", f"ttl={int(looked.remaining)}"))
+
+
+async def _range_passes(request: web.Request, rt: Runtime, rule: str) -> web.StreamResponse:
+    """A Range the cache does not answer goes to the service untouched, as before."""
+    rt.metrics.bypass.labels("range").inc()
+    return await forward(request, rt.passage, rule=rule, x_cache=BYPASS, detail="range")
 
 
 def _serve_stale(
@@ -208,14 +245,14 @@ def _serve_stale(
 
 
 def _audited(request: web.Request, rt: Runtime, match: Match, subject: str, outcome: str,
-             entry: Entry, unchanged: bool) -> bool:
+             entry: Entry, unchanged: bool, status: int | None = None) -> bool:
     """Whether a cached answer may go out: audited (on an `audit: true` rule) or allowed
     without its line. A lost line is counted; `CACHE_AUDIT_REQUIRED` then refuses it."""
     if not match.rule.audit:
         return True
     if rt.audit.write(rule=match.rule.name, key=match.key, subject=subject,
                       client=request.remote, request_id=request[REQUEST_ID], outcome=outcome,
-                      status=304 if unchanged else entry.status):
+                      status=304 if unchanged else status or entry.status):
         return True
     rt.metrics.audit_failures.inc()
     return not rt.audit.required

@@ -60,6 +60,17 @@ def replay(
     return response
 
 
+def replay_range(entry: Entry, span: tuple[int, int], *, now: float, x_cache: str,
+                 status: str) -> web.Response:
+    """RFC 9110 §15.3.7: one range of a stored 200 as a 206, with its Content-Range."""
+    first, last = span
+    headers: CIMultiDict[str] = CIMultiDict(entry.headers)
+    headers[AGE] = str(entry.age(now))
+    headers["Content-Range"] = f"bytes {first}-{last}/{len(entry.body)}"
+    label(headers, x_cache, status)
+    return web.Response(status=206, headers=headers, body=entry.body[first:last + 1])
+
+
 def error(status: int, code: str, message: str, x_cache: str, detail: str) -> web.Response:
     """A short JSON error: no stack trace, no upstream internals."""
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})

@@ -193,3 +193,26 @@ async def test_close_delimited_and_non_utf8_header_responses_are_relayed_not_sto
         altered = await stack.proxy.get("/api/v1/patients/2")
         assert altered.status == 200 and "detail=bad-header" in altered.headers["Cache-Status"]
     assert await redis_client.exists("identity:patient:1", "identity:patient:2") == 0
+
+
+async def test_an_early_hints_interim_is_dropped_and_the_final_answer_relayed(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    """aiohttp can neither read nor send a 103 (aio-libs/aiohttp#7878): the sidecar drops
+    it, and the final answer is relayed and stored as if it had come alone."""
+    async def hinting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 10\r\n\r\n" + b'{"id": 42}')
+        await writer.drain()
+
+    async with raw_upstream(hinting) as (url, heads):
+        stack = await make_stack({"UPSTREAM_URL": url})
+        first = await stack.proxy.get(PATIENT)
+        assert first.status == 200 and first.body == b'{"id": 42}' and first.x_cache == "MISS"
+        assert "Link" not in first.headers  # the interim's hints are not the answer's
+        second = await stack.proxy.get(PATIENT)
+        assert second.x_cache == "HIT" and second.body == first.body
+        passed = await stack.proxy.get("/api/v1/other")
+        assert passed.status == 200 and passed.body == b'{"id": 42}'
+    assert len(heads) == 2

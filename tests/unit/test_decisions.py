@@ -166,7 +166,7 @@ RULES = load_rules(ROUTES, {})
     ("M-SEARCH", "/api/v1/patients/42", [], False, True, Write),  # RFC 9111 §4.4
     ("OPTIONS", "/api/v1/patients/42", [], False, True, Forward),
     ("GET", "/api/v1/other", [], False, True, Forward),
-    ("GET", "/api/v1/patients/42", [("Range", "bytes=0-1")], False, True, Forward),
+    ("GET", "/api/v1/patients/42", [("Range", "bytes=0-1")], False, True, Lookup),
     ("GET", "/api/v1/patients/42", [("Cache-Control", "no-store")], False, True, Forward),
     ("GET", "/api/v1/patients/42", [], True, True, Forward),  # a body on a GET
 ])
