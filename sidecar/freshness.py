@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.request import parse_http_list
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -23,15 +24,21 @@ HEURISTIC_FRACTION = 0.1
 def directives(headers: Headers) -> dict[str, str | None]:
     """Cache-Control as {lower-case directive: argument or None} (RFC 9111 §5.2).
 
-    A directive given twice keeps its first value; quoted arguments are unquoted.
+    The list is split by the standard library's `urllib.request.parse_http_list` (a quoted
+    argument such as `no-cache="Set-Cookie, X-Trace"` may hold commas and quoted pairs);
+    quoted arguments are unquoted. A directive given twice keeps its first value (RFC 9111
+    §4.2.1).
     """
     out: dict[str, str | None] = {}
     for value in headers.getall("Cache-Control", []):
-        for part in value.split(","):
-            name, sep, arg = part.strip().partition("=")
+        for part in parse_http_list(value):
+            name, sep, arg = part.partition("=")
             name = name.strip().lower()
             if name and name not in out:
-                out[name] = arg.strip().strip('"') if sep else None
+                arg = arg.strip()
+                if len(arg) >= 2 and arg[0] == arg[-1] == '"':
+                    arg = arg[1:-1]
+                out[name] = arg if sep else None
     return out
 
 

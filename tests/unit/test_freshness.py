@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from sidecar.freshness import PLAIN, Asked, asked, lifetime
+from sidecar.freshness import PLAIN, Asked, asked, directives, lifetime
 
 DATE = "Thu, 03 Dec 2026 12:00:00 GMT"
 
@@ -69,3 +69,18 @@ def test_request_directives(value: str, expected: Asked) -> None:
 def test_accepts(terms: Asked, age: int, remaining: float, revalidate: bool,
                  verdict: str | None) -> None:
     assert terms.accepts(age, remaining, revalidate) == verdict
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    # A quoted argument may hold commas (RFC 9110 §5.6.1, §5.6.4): one directive, not two.
+    (['no-cache="Set-Cookie, X-Trace", max-age=60'],
+     {"no-cache": "Set-Cookie, X-Trace", "max-age": "60"}),
+    (['private="a,b"'], {"private": "a,b"}),
+    (['max-age="60"'], {"max-age": "60"}),
+    (['MAX-AGE=5, max-age=50'], {"max-age": "5"}),  # the first of a duplicate (§4.2.1)
+    (["max-age=5", "max-age=50, public"], {"max-age": "5", "public": None}),
+    ([" , ,max-age=5,, "], {"max-age": "5"}),  # empty list elements (§5.6.1)
+    (['x="a\\"b"'], {"x": 'a"b'}),  # a quoted-pair
+])
+def test_cache_control_directives(values: list[str], expected: dict[str, str | None]) -> None:
+    assert directives(CIMultiDict(("Cache-Control", v) for v in values)) == expected
