@@ -6,6 +6,7 @@ Data flow, one module per step::
     rules -> yaml_marks (YAML with line:column for every key, repeated keys refused)
     server -> listener (client keep-alive and header deadlines, drain within its budget)
            -> startup_check (one line: did Redis and the upstream answer?)
+           -> gc_tuning (startup frozen, a larger first generation: short collector pauses)
     SIDECAR_WORKERS > 1: cli -> supervisor (metrics dir, process_metrics) -> pool
                          -> N x server with worker (SO_REUSEPORT, control socket, lifeline)
     proxy (handler; carries out what decisions says; it holds the runtime, and each step

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar import startup_check
+from sidecar import gc_tuning, startup_check
 from sidecar.app import build_apps
 from sidecar.listener import ADMIN_DRAIN_S, BoundedRunner
 from sidecar.proxy import direct
@@ -61,6 +61,7 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
         await proxy_runner.cleanup()
         await admin_runner.cleanup()
         raise
+    gc_tuning.tune()  # serving: startup's objects are permanent, collector pauses short
     _log_startup(settings, rules, rt.codec.encrypted, rt.hasher.shared)
     probe = asyncio.ensure_future(startup_check.check(settings, rt.store))
 
