@@ -18,6 +18,30 @@ from sidecar.telemetry import Telemetry
 log = logging.getLogger("sidecar.cache")
 
 
+class Decoded:
+    """Entries already opened, by (key, field, stored bytes): without a near tier every hit
+    reads Redis, and opening the same bytes again (decrypt, parse, check every header)
+    would give the same entry. The stored bytes are the key, so nothing here can outlive or
+    differ from what Redis holds; the key and field are part of it, as they are of the
+    seal's associated data. Bounded in entries and in bytes (small entries only)."""
+
+    MAX_ENTRIES = 4096
+    MAX_BLOB = 16 * 1024
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, bytes], Entry] = {}
+
+    def get(self, key: str, field: str, blob: bytes) -> Entry | None:
+        return self._entries.get((key, field, blob))
+
+    def put(self, key: str, field: str, blob: bytes, entry: Entry) -> None:
+        if len(blob) > self.MAX_BLOB:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[(key, field, blob)] = entry
+
+
 @dataclass(eq=False, slots=True)
 class Tiers:
     """What reading a variant needs, and nothing of the request path around it."""
@@ -29,6 +53,7 @@ class Tiers:
     metrics: Metrics
     telemetry: Telemetry
     clock: Callable[[], float]
+    decoded: Decoded | None = None  # without a near tier (see Decoded)
 
 
 async def lookup(tiers: Tiers, match: Match, field: str) -> Entry | None:
@@ -70,8 +95,14 @@ async def _from_store(tiers: Tiers, match: Match, field: str) -> Entry | None:
         blob = await tiers.cache.get(match.key, field, prefix)
     if blob is None:
         return None
+    decoded = tiers.decoded
+    if decoded is not None and (known := decoded.get(match.key, field, blob)) is not None:
+        return known
     try:
-        return Entry.decode(tiers.codec.open(match.key, field, blob))
+        entry = Entry.decode(tiers.codec.open(match.key, field, blob))
+        if decoded is not None:
+            decoded.put(match.key, field, blob, entry)
+        return entry
     except SealError as exc:
         tiers.metrics.decrypt_failures.inc()
         log.warning("stored value did not open (%s); treating as a miss", exc,

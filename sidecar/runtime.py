@@ -23,7 +23,7 @@ from sidecar.forward import Passage
 from sidecar.guarded_store import GuardedStore
 from sidecar.invalidation import Invalidator
 from sidecar.jwks import Jwks
-from sidecar.lookup import Tiers
+from sidecar.lookup import Decoded, Tiers
 from sidecar.metrics import Metrics
 from sidecar.near_cache import NearCache
 from sidecar.request_ids import RequestIds
@@ -66,7 +66,8 @@ class Runtime:
         self.passage = Passage(self.upstream, self.metrics, self.settings.public_origin)
         if self.cache is not None and self.invalidator is not None:
             self.tiers = Tiers(self.cache, self.invalidator, self.near, self.codec,
-                               self.metrics, self.telemetry, self.clock)
+                               self.metrics, self.telemetry, self.clock,
+                               Decoded() if self.near is None else None)
             self.filler = Filler(self.tiers, self.upstream, self.coordinator,
                                  self.settings.max_body_bytes,
                                  self.settings.upstream_fill_timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 
+import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import StackFactory
@@ -27,11 +28,17 @@ async def test_redis_holds_no_clear_text(make_stack: StackFactory, redis_client:
     assert family not in value and b"Patient" not in value and b'"42"' not in value
 
 
+@pytest.mark.parametrize("near", ["on", "off"])
 async def test_value_copied_under_another_key_does_not_open(
-    make_stack: StackFactory, redis_client: Redis
+    make_stack: StackFactory, redis_client: Redis, near: str
 ) -> None:
-    stack = await make_stack({"CACHE_ENCRYPTION_KEY": _key()})
+    """Off: every hit reads Redis, and the bytes already opened for 42 are remembered
+    (lookup.Decoded); the same bytes under 43 must still be refused."""
+    env = {"CACHE_ENCRYPTION_KEY": _key()} | ({"CACHE_NEAR_MAX_BYTES": "0"} if near == "off"
+                                              else {})
+    stack = await make_stack(env)
     await stack.proxy.get(PATIENT)
+    assert (await stack.proxy.get(PATIENT)).x_cache == "HIT"
     (field, value), = (await redis_client.hgetall("identity:patient:42")).items()
     await redis_client.hset("identity:patient:43", field, value)
     reply = await stack.proxy.get("/api/v1/patients/43")
