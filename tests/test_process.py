@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -213,6 +213,16 @@ async def test_reload_survives_a_configmap_symlink_swap_and_sighup(
         sidecar.stop()
 
 
+def _count(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _lines(path: Path, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return _count(path) == count
+    return check
+
+
 async def test_sighup_reopens_a_rotated_audit_file(
     stub_server: TestServer, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -223,13 +233,14 @@ async def test_sighup_reopens_a_rotated_audit_file(
     await sidecar.ready()
     try:
         await _ttl(session, sidecar, 5)  # a miss, then a hit: one audit line
-        assert len(log.read_text().splitlines()) == 1
+        # Written at the end of the loop iteration that answered (audit.py): poll for it.
+        await until(_lines(log, 1), "the hit's audit line")
         log.rename(tmp_path / "audit.log.1")  # logrotate's `create`
         sidecar.signal(signal.SIGHUP)
         await _metric(session, sidecar, 'config_reload_total{result="ok"} 1.0')
         async with session.get(sidecar.base + "/api/v1/patients/5", headers=AUTH) as r:
             assert r.headers["X-Cache"] == "HIT"
-        assert len(log.read_text().splitlines()) == 1  # the new file got the new line
+        await until(_lines(log, 1), "the new file got the new line")
         assert len((tmp_path / "audit.log.1").read_text().splitlines()) == 1
     finally:
         sidecar.stop()

@@ -6,13 +6,16 @@ stored headers and lifetime and keeps the stored body.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 
 import aiohttp
 from redis.asyncio import Redis
 
+from sidecar.coordination import RedisCoordinator
 from tests.conftest import TOKEN_A, Stack, StackFactory
+from tests.waiting import within
 
 PATIENT = "/api/v1/patients/42"
 PAST_THE_WINDOW = 600 + 31  # past stale-while-revalidate (30 s): a miss with a stale copy
@@ -97,3 +100,28 @@ async def test_revalidation_works_with_encryption(make_stack: StackFactory) -> N
     assert again.body == miss.body and "fwd-status=304" in again.headers["Cache-Status"]
     hit = await stack.proxy.get(PATIENT)
     assert hit.x_cache == "HIT" and hit.body == miss.body
+
+
+async def test_one_revalidation_across_replicas_through_the_lease(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    """Two sidecars, one expired copy, a burst on both: the lease lets one of them ask the
+    service (a 304), and the other's callers wait for it and read the refreshed copy."""
+    lease = {"CACHE_LEASE_S": "20", "CACHE_LEASE_WAIT_S": "20"}
+    one, two = await make_stack(lease), await make_stack(lease)
+    for s in (one, two):
+        assert isinstance(s.rt.coordinator, RedisCoordinator)
+        await within(s.rt.coordinator._subscribed.wait(), "coordinator subscribed")
+    miss = await one.proxy.get(PATIENT)
+    for s in (one, two):
+        _advance(s, PAST_THE_WINDOW)
+    replies = await asyncio.gather(*[s.proxy.get(PATIENT, headers={"X-Stub-Delay-Ms": "300"})
+                                     for s in (one, two) for _ in range(10)])
+    assert {r.status for r in replies} == {200} and {r.body for r in replies} == {miss.body}
+    asked = await _revalidations(one, "304") + await _revalidations(two, "304")
+    assert 1 <= asked <= 2 and await _revalidations(one, "200") + await _revalidations(
+        two, "200") == 0
+    assert one.upstream_hits(PATIENT) == 1 + asked  # the fill, then only the conditional GETs
+    metrics = "".join([(await s.admin.get("/metrics", token=None)).body.decode()
+                       for s in (one, two)])
+    assert 'scope="replica"' in metrics  # callers of one replica waited on the other's lease
