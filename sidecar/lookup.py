@@ -23,23 +23,29 @@ class Decoded:
     reads Redis, and opening the same bytes again (decrypt, parse, check every header)
     would give the same entry. The stored bytes are the key, so nothing here can outlive or
     differ from what Redis holds; the key and field are part of it, as they are of the
-    seal's associated data. Bounded in entries and in bytes (small entries only)."""
+    seal's associated data. Bounded in entries and in bytes (small entries only): started
+    afresh when either bound is reached."""
 
     MAX_ENTRIES = 4096
     MAX_BLOB = 16 * 1024
+    MAX_BYTES = 16 * 1024 * 1024  # the stored bytes and the opened body, each counted
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str, bytes], Entry] = {}
+        self._bytes = 0
 
     def get(self, key: str, field: str, blob: bytes) -> Entry | None:
         return self._entries.get((key, field, blob))
 
     def put(self, key: str, field: str, blob: bytes, entry: Entry) -> None:
+        size = len(blob) + len(entry.body)
         if len(blob) > self.MAX_BLOB:
             return
-        if len(self._entries) >= self.MAX_ENTRIES:
+        if len(self._entries) >= self.MAX_ENTRIES or self._bytes + size > self.MAX_BYTES:
             self._entries.clear()
+            self._bytes = 0
         self._entries[(key, field, blob)] = entry
+        self._bytes += size
 
 
 @dataclass(eq=False, slots=True)
