@@ -12,6 +12,7 @@ most `FLUSH_EVERY` seconds late, to the same stdout as the other JSON log lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -19,6 +20,8 @@ import time
 from typing import BinaryIO
 
 from aiohttp import web
+
+from sidecar.logs import write_lines
 
 FLUSH_EVERY = 0.05
 _BATCH = 256
@@ -75,8 +78,5 @@ class AccessLog:
         data = "".join(self._lines).encode()
         self._lines.clear()
         stream = self._stream or sys.stdout.buffer
-        try:
-            stream.write(data)
-            stream.flush()
-        except (OSError, ValueError):  # a closed or broken stdout must not fail requests
-            pass
+        with contextlib.suppress(OSError, ValueError):  # a broken stdout fails no request
+            write_lines(stream, data)

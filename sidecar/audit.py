@@ -22,6 +22,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from sidecar.logs import write_lines
+
 _QUOTED_MAX = 4096  # remembered JSON-quoted strings (rules, subjects, client addresses)
 
 STDOUT = "stdout"
@@ -94,9 +96,8 @@ class AuditSink:
     def _emit(self, data: bytes) -> bool:
         try:
             if self.target == STDOUT:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
-            else:
+                write_lines(sys.stdout.buffer, data)
+            else:  # O_APPEND on a file: one write stays whole
                 self._write_file(data)
         except (OSError, ValueError):
             self.close_fd()  # reopened on the next line (a rotated or remounted file)

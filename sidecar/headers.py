@@ -43,7 +43,9 @@ CONDITIONAL = frozenset({"if-none-match", "if-modified-since", "if-match",
 
 # Built once: the request path would otherwise rebuild these sets on every request.
 _FORWARD_DROP = _REQUEST_DROP | ORIGIN_STEERING
-_FILL_DROP = _FORWARD_DROP | CONDITIONAL
+# A fill asks for the whole representation: a HEAD's `Range` (ignored for HEAD, RFC 9110
+# §14.2) must not make the fill's GET a partial one (a GET with `Range` never fills).
+_FILL_DROP = _FORWARD_DROP | CONDITIONAL | {"range"}
 _RESPONSE_DROP = frozenset({"content-length"})
 
 

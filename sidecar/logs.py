@@ -6,7 +6,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import BinaryIO
 
 
 class RateLimitedWarning:
@@ -77,3 +78,33 @@ def configure_logging(level: str = "INFO", fields: Mapping[str, object] | None =
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# POSIX: a write of at most PIPE_BUF bytes to a pipe is never interleaved with another
+# process's. Linux's is 4096; so is the minimum POSIX allows.
+PIPE_BUF = 4096
+
+
+def pipe_writes(data: bytes) -> Iterator[bytes]:
+    """Whole lines cut at line ends into writes of at most PIPE_BUF bytes (a longer line is
+    one write of its own), so the batched lines of several processes sharing one stdout pipe
+    (`SIDECAR_WORKERS`, a container's log pipe) never interleave inside a line."""
+    start, end = 0, len(data)
+    while end - start > PIPE_BUF:
+        cut = data.rfind(b"\n", start, start + PIPE_BUF)
+        if cut < 0:  # one line longer than PIPE_BUF
+            cut = data.find(b"\n", start + PIPE_BUF)
+            if cut < 0:
+                break
+        yield data[start:cut + 1]
+        start = cut + 1
+    if start < end:
+        yield data[start:]
+
+
+def write_lines(stream: BinaryIO, data: bytes) -> None:
+    """Batched log lines to a stream that may be a shared pipe (see `pipe_writes`)."""
+    for chunk in pipe_writes(data):
+        stream.write(chunk)
+        stream.flush()
+

@@ -3,12 +3,14 @@ anything else a Range can ask for goes to the service untouched. Real stub, real
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from tests.conftest import Stack, StackFactory
+from tests.test_odd_upstreams import raw_upstream
 
 PATIENT = "/api/v1/patients/42"
 
@@ -87,3 +89,30 @@ async def test_a_206_from_the_cache_is_audited(
     assert (await stack.proxy.get(PATIENT, headers={"Range": "bytes=0-3"})).status == 206
     (line,) = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert (line["outcome"], line["status"], line["key"]) == ("HIT", 206, "identity:patient:42")
+
+
+async def test_a_head_with_a_range_fills_the_whole_representation(
+    make_stack: StackFactory, redis_client: Redis
+) -> None:
+    """HEAD ignores Range (RFC 9110 §14.2): its miss fetches, and stores, the whole 200
+    from an upstream that would have honoured the Range."""
+    body = b'{"id": 42, "name": "Alice Example"}'
+
+    async def ranged(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if b"\r\nrange:" in heads[-1].lower():
+            writer.write(b"HTTP/1.1 206 Partial Content\r\nContent-Type: application/json\r\n"
+                         b"Content-Range: bytes 0-3/%d\r\nContent-Length: 4\r\n\r\n%s"
+                         % (len(body), body[:4]))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    async with raw_upstream(ranged) as (url, heads):
+        stack = await make_stack({"UPSTREAM_URL": url})
+        reply = await stack.proxy.request("HEAD", PATIENT, headers={"Range": "bytes=0-3"})
+        assert reply.status == 200 and reply.headers["Content-Length"] == str(len(body))
+        assert not any(b"\r\nrange:" in h.lower() for h in heads)
+        assert await redis_client.exists("identity:patient:42") == 1
+        hit = await stack.proxy.get(PATIENT)
+        assert hit.x_cache == "HIT" and hit.body == body

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from sidecar.logs import JsonFormatter, RateLimitedWarning
+from sidecar.logs import PIPE_BUF, JsonFormatter, RateLimitedWarning, pipe_writes
 from sidecar.telemetry import Telemetry
 from tests.unit.conftest import Clock
 
@@ -42,3 +42,15 @@ def test_otlp_only_when_the_standard_endpoint_is_set() -> None:
         assert telemetry.enabled
     finally:
         telemetry.shutdown()
+
+
+def test_batched_lines_are_written_in_pipe_sized_whole_lines() -> None:
+    """Several workers share one stdout pipe: no write may exceed PIPE_BUF or cut a line."""
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (n, b"x" * (n % 300)) for n in range(200)]
+    data = b"".join(lines)
+    chunks = list(pipe_writes(data))
+    assert b"".join(chunks) == data and len(chunks) > 1
+    assert all(len(c) <= PIPE_BUF and c.endswith(b"\n") for c in chunks)
+    long_line = b"y" * (PIPE_BUF + 10) + b"\n"
+    assert list(pipe_writes(b"a\n" + long_line + b"b\n")) == [b"a\n", long_line, b"b\n"]
+    assert list(pipe_writes(b"")) == []
