@@ -38,9 +38,9 @@ class Decoded:
         return self._entries.get((key, field, blob))
 
     def put(self, key: str, field: str, blob: bytes, entry: Entry) -> None:
-        size = len(blob) + len(entry.body)
         if len(blob) > self.MAX_BLOB:
             return
+        size = len(blob) + len(entry.body)
         if len(self._entries) >= self.MAX_ENTRIES or self._bytes + size > self.MAX_BYTES:
             self._entries.clear()
             self._bytes = 0

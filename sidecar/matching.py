@@ -51,7 +51,7 @@ def match_rule(rules: RuleSet, method: str, raw_target: str) -> Match | NoMatch:
     memo = rules.matched
     found = memo.get((method, raw_target))
     if found is not None:
-        return found  # type: ignore[return-value]  # only this function writes the memo
+        return found
     result = _match_rule(rules, method, raw_target)
     if len(raw_target) <= _MEMO_TARGET_MAX:
         if len(memo) >= _MEMO_MAX:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -36,6 +35,7 @@ from sidecar.fetch import OVERSIZED, fetch
 from sidecar.fetched import Fetched
 from sidecar.forward import forward, forwarded_headers, relay, upstream_failure
 from sidecar.freshness import PLAIN, asked
+from sidecar.listener import Handler
 from sidecar.lookup import lookup
 from sidecar.matching import Match
 from sidecar.metrics import NO_RULE
@@ -62,8 +62,6 @@ from sidecar.telemetry import PROPAGATOR
 from sidecar.variants import accepted_codings, variant_field, varied_values
 from sidecar.wire import WireResponse, eligible
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-EXPECT = hdrs.EXPECT
 log = logging.getLogger("sidecar.proxy")
 
 
@@ -85,7 +83,7 @@ def direct(rt: Runtime, routed: Handler) -> Handler:
     info and signals are skipped on the hottest path. A request with `Expect` takes the
     app's path, where aiohttp answers `100-continue` (or 417)."""
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        if EXPECT in request.headers:
+        if hdrs.EXPECT in request.headers:
             return await routed(request)
         return await serve(request, rt)  # type: ignore[arg-type]  # the app's request class
     return handler

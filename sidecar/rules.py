@@ -13,13 +13,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sidecar.errors import ConfigError
 from sidecar.headers import TOKEN
 from sidecar.yaml_marks import Position, load, position_of
+
+if TYPE_CHECKING:  # matching imports this module; its result types are only named here
+    from sidecar.matching import Match, NoMatch
 
 DEFAULT_PARAM_PATTERN = "[1-9][0-9]{0,17}"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -136,8 +139,8 @@ class RuleSet:
     digest: str
     # (method, raw target) -> what matching.match_rule found: a pure function of this rule
     # set, so a reload (a new RuleSet) starts empty. Bounded there.
-    matched: dict[tuple[str, str], object] = field(default_factory=dict, compare=False,
-                                                   repr=False)
+    matched: dict[tuple[str, str], Match | NoMatch] = field(default_factory=dict,
+                                                             compare=False, repr=False)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
