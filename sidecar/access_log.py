@@ -19,8 +19,6 @@ import sys
 import time
 from typing import BinaryIO
 
-from aiohttp import web
-
 from sidecar.logs import write_lines
 
 FLUSH_EVERY = 0.05
@@ -43,7 +41,7 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def record(self, request: web.Request, rule: str, cache: str, status: int,
+    def record(self, method: str, rule: str, cache: str, status: int,
                seconds: float, request_id: str) -> None:
         """`request_id` comes from `request_ids` (safe alphabet, no quoting needed)."""
         if (self.sample < 1 and status < 500 and seconds < self.slow_seconds
@@ -61,7 +59,7 @@ class AccessLog:
         self._lines.append(
             f'{{"ts":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info",'
             f'"logger":"sidecar.access","msg":"request","request_id":"{request_id}",'
-            f'"method":"{request.method}","rule":{quoted},"cache":"{cache}",'
+            f'"method":"{method}","rule":{quoted},"cache":"{cache}",'
             f'"status":{status},"duration_ms":{seconds * 1000:.3f}}}\n')
         if len(self._lines) >= _BATCH:
             self.flush()

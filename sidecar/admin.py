@@ -35,7 +35,9 @@ def _json(code: int, **body: object) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[RUNTIME].metrics.registry)
+    metrics = request.app[RUNTIME].metrics
+    metrics.flush()  # this iteration's counts (see Metrics.flush)
+    body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -8,13 +8,13 @@ port already in use. Start-up failures are one JSON log line, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+from sidecar import event_loop
 from sidecar.errors import ConfigError
 from sidecar.logs import configure_logging
 from sidecar.rules import RuleSet, load_rules
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--worker-socket needs --worker-lifeline")
         worker = WorkerLink(Path(args.worker_socket), args.worker_lifeline)
     try:
-        asyncio.run(serve(settings, rules, path, worker))
+        event_loop.run(serve(settings, rules, path, worker), settings.event_loop)
     except ConfigError as exc:  # not caught by from_env: a gap to close there
         log.error("configuration rejected: not started", extra={
             "problems": exc.problems, "exit_code": EXIT_CONFIG, "version": version()})

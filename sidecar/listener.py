@@ -21,10 +21,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_parser, web
+from aiohttp.streams import EMPTY_PAYLOAD
 
 log = logging.getLogger("sidecar")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# A parsed request without body, and its client's address -> the whole answer, or None
+# (aiohttp's handler answers it). See fast_hit.py.
+FastAnswer = Callable[[http_parser.RawRequestMessage, str | None], bytes | None]
+# The parser's message class (aiohttp's C parser has its own), and the pure-Python one.
+_REQUESTS: tuple[type, ...] = (http_parser.RawRequestMessage, http_parser.RawRequestMessagePy)
+# aiohttp's StreamWriter drains above this many buffered bytes: past it, its path answers.
+_DRAIN_ABOVE = 2**16
 CANCEL_GRACE_S = 0.5
 # The admin port drains after the proxy port (its probes answer 503 meanwhile): scrapes,
 # probes and purges are short, so its own budget is this, then CANCEL_GRACE_S.
@@ -34,20 +42,42 @@ ADMIN_DRAIN_S = 1.0
 class HeaderDeadlineHandler(web.RequestHandler):
     """aiohttp's connection protocol plus a deadline for each request's headers."""
 
-    __slots__ = ("_header_handle", "_header_timeout")
+    __slots__ = ("_client", "_fast", "_header_handle", "_header_timeout")
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, header_timeout: float,
+                 fast: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._header_handle: asyncio.TimerHandle | None = None
+        self._fast = fast  # never raises (see fast_hit.py)
+        self._client: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = self.peername  # what aiohttp's `request.remote` says
+        self._client = None if peer is None else str(
+            peer[0] if isinstance(peer, (list, tuple)) else peer)
         self._arm_header_deadline()
 
     def data_received(self, data: bytes) -> None:
         parsed = self._request_count
-        super().data_received(data)
+        waiter = self._waiter
+        if (self._fast is not None and waiter is not None and not waiter.done()
+                and not self._messages and not self._buffer_paused):
+            # Idle: what arrives may be answered here, before aiohttp's loop is woken.
+            self._waiter = None
+            try:
+                super().data_received(data)
+            finally:
+                self._waiter = waiter
+            if self._messages:
+                self._answer_fast()
+                if self._messages:
+                    waiter.set_result(None)  # the rest, in order, is aiohttp's
+                elif self._buffer_paused:  # the queue filled: aiohttp's loop would resume
+                    self._resume_reading_if_drained()  # (it parses what is held back)
+        else:
+            super().data_received(data)
         if self._request_count != parsed:  # a request's headers are complete
             if self._header_handle is not None:
                 self._header_handle.cancel()
@@ -63,6 +93,31 @@ class HeaderDeadlineHandler(web.RequestHandler):
             self._header_handle.cancel()
             self._header_handle = None
         super().connection_lost(exc)
+
+    def _answer_fast(self) -> None:
+        """Answer the queued requests `fast` takes, in order, until one it does not."""
+        fast, transport, messages = self._fast, self.transport, self._messages
+        assert fast is not None and self._parser is not None
+        while messages:
+            message, payload = messages[0]
+            if (payload is not EMPTY_PAYLOAD or type(message) not in _REQUESTS
+                    or transport is None or transport.is_closing()
+                    or transport.get_write_buffer_size() > _DRAIN_ABOVE):
+                return
+            wire = fast(message, self._client)  # type: ignore[arg-type]  # one of _REQUESTS
+            if wire is None:
+                return
+            messages.popleft()
+            self._parser.message_consumed()
+            assert self._manager is not None
+            self._manager.requests_count += 1
+            transport.write(wire)
+            # What aiohttp does once a kept-alive response is written: the idle timer restarts.
+            self._keepalive = True
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def _idle(self) -> bool:
         """Waiting for a request: nothing handled, nothing queued."""
@@ -82,12 +137,14 @@ class HeaderDeadlineHandler(web.RequestHandler):
 class BoundedServer(web.Server):
     """Builds `HeaderDeadlineHandler`s; drains in one budget, then cuts and counts."""
 
-    def __init__(self, handler: Any, *, listener: str, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, listener: str, fast: FastAnswer | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.listener = listener
+        self._fast = fast
 
     def __call__(self) -> web.RequestHandler:
-        return HeaderDeadlineHandler(self, loop=self._loop, **self._kwargs)
+        return HeaderDeadlineHandler(self, loop=self._loop, fast=self._fast, **self._kwargs)
 
     # The signature aiohttp's runner calls (`Server.shutdown(timeout)`).
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
@@ -130,23 +187,25 @@ def _task(conn: web.RequestHandler) -> asyncio.Task[None] | None:
 class BoundedRunner(web.AppRunner):
     """`web.AppRunner` serving through a `BoundedServer`: keep-alive, header, drain limits."""
 
-    __slots__ = ("_direct", "_listener")
+    __slots__ = ("_direct", "_fast", "_listener")
 
     def __init__(self, app: web.Application, *, listener: str, keepalive_timeout: float,
                  header_timeout: float, shutdown_timeout: float,
-                 direct: Callable[[Handler], Handler] | None = None, **kwargs: Any) -> None:
+                 direct: Callable[[Handler], Handler] | None = None,
+                 fast: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(app, access_log=None, shutdown_timeout=shutdown_timeout,
                          keepalive_timeout=keepalive_timeout, header_timeout=header_timeout,
                          **kwargs)
         self._listener = listener
         self._direct = direct  # wraps the app's handler: a port with one route skips routing
+        self._fast = fast  # answers plain hits before aiohttp's handler (fast_hit.py)
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the app's startup, aiohttp's handler kwargs
         handler = made.request_handler
         if self._direct is not None:
             handler = self._direct(handler)
-        return BoundedServer(handler, listener=self._listener,
+        return BoundedServer(handler, listener=self._listener, fast=self._fast,
                              request_factory=made.request_factory,
                              handler_cancellation=made.handler_cancellation,
                              loop=made._loop, **made._kwargs)

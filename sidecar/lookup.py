@@ -62,6 +62,15 @@ class Tiers:
     decoded: Decoded | None = None  # without a near tier (see Decoded)
 
 
+def ready(tiers: Tiers, match: Match, field: str) -> Entry | None:
+    """The near tier's copy, when `lookup` would return it: in sync, Redis's breaker
+    closed, nothing pending for the key. None: `lookup` decides. Counts nothing."""
+    near = tiers.near
+    if near is None or tiers.invalidator.pending(match.key) or not tiers.cache.breaker.closed:
+        return None
+    return near.get(match.key, field, tiers.clock())
+
+
 async def lookup(tiers: Tiers, match: Match, field: str) -> Entry | None:
     """The near tier first, then the store; what the store returns fills the near tier."""
     if tiers.invalidator.pending(match.key):

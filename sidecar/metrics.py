@@ -17,7 +17,9 @@ supervisor's scrape adds them per process (`process_metrics.py`).
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from typing import Any
 
 from opentelemetry.metrics import Meter, NoOpMeter
@@ -131,6 +133,11 @@ class Metrics:
         self._near_children: dict[str, Any] = {}
         self._latency_children: dict[tuple[str, str], Any] = {}
         self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._bounds = REQUEST_BUCKETS
+        self._counts: dict[Any, int] = {}
+        self._durations: dict[tuple[str, str, int], list[int]] = {}
+        self._duration_sums: dict[tuple[str, str, int], float] = {}
+        self._scheduled = False
         # No OTLP exporter: skip the no-op meter's calls on the hot path entirely.
         self._otel = meter is not None and not isinstance(meter, NoOpMeter)
         meter = meter or NoOpMeter("sidecar")
@@ -158,7 +165,7 @@ class Metrics:
         child = self._hit_children.get(key_prefix)
         if child is None:
             child = self._hit_children[key_prefix] = self.hits.labels(key_prefix)
-        child.inc()
+        self._count(child)
         if self._otel:
             self._otel_hits.add(1, {"key_prefix": key_prefix})
 
@@ -166,7 +173,7 @@ class Metrics:
         child = self._near_children.get(key_prefix)
         if child is None:
             child = self._near_children[key_prefix] = self.near_hits.labels(key_prefix)
-        child.inc()
+        self._count(child)
 
     def miss(self, key_prefix: str) -> None:
         self.misses.labels(key_prefix).inc()
@@ -184,10 +191,59 @@ class Metrics:
 
     def request_time(self, rule: str, cache: str, status: int, seconds: float) -> None:
         key = (rule, cache, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(rule, cache, str(status))
-        child.observe(seconds)
+        pending = self._durations.get(key)
+        if pending is None:
+            pending = self._durations[key] = [0] * (len(self._bounds) + 1)
+        pending[bisect_left(self._bounds, seconds)] += 1  # the first bucket with le >= it
+        self._duration_sums[key] = self._duration_sums.get(key, 0.0) + seconds
+        if not self._scheduled:
+            self._schedule()
+
+    # The request path's counts (hits, near hits, request durations) are added to
+    # prometheus-client's values once per event-loop iteration, not once per request: each
+    # of its updates takes a lock, and a histogram's walks its buckets. A scrape flushes
+    # first (admin.py); a worker's files are at most one iteration behind.
+    def flush(self) -> None:
+        self._scheduled = False
+        counts, self._counts = self._counts, {}
+        for child, n in counts.items():
+            child.inc(n)
+        durations, self._durations = self._durations, {}
+        sums, self._duration_sums = self._duration_sums, {}
+        for key, pending in durations.items():
+            child = self._request_children.get(key)
+            if child is None:
+                rule, cache, status = key
+                child = self._request_children[key] = self.requests.labels(
+                    rule, cache, str(status))
+            add_observations(child, pending, sums[key])
+
+    def _count(self, child: Any) -> None:
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + 1
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script, a unit test): nothing to batch with
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+
+def add_observations(child: Any, per_bucket: list[int], total: float) -> None:
+    """Observations counted per bucket (`REQUEST_BUCKETS`, then +Inf) added to a histogram
+    child as `observe` adds them one at a time: to the bucket's value and to the sum (the
+    scrape makes the buckets cumulative). prometheus-client's own attributes: a unit test
+    compares the result with `observe`'s, so an upgrade that changes them fails there."""
+    buckets = child._buckets
+    for i, n in enumerate(per_bucket):
+        if n:
+            buckets[i].inc(n)
+    child._sum.inc(total)
 
 
 def multiprocess() -> bool:

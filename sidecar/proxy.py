@@ -109,7 +109,7 @@ async def serve(request: web.Request, rt: Runtime) -> web.StreamResponse:
         response.headers[REQUEST_ID_HEADER] = request_id  # a wire answer carries it already
     elapsed = time.perf_counter() - start
     rt.metrics.request_time(outcome.rule, outcome.cache, response.status, elapsed)
-    rt.access_log.record(request, outcome.rule, outcome.cache, response.status, elapsed,
+    rt.access_log.record(request.method, outcome.rule, outcome.cache, response.status, elapsed,
                          request_id)
     return response
 

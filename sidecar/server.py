@@ -24,6 +24,7 @@ from aiohttp import web
 
 from sidecar import gc_tuning, startup_check
 from sidecar.app import build_apps
+from sidecar.fast_hit import FastHits
 from sidecar.listener import ADMIN_DRAIN_S, BoundedRunner
 from sidecar.proxy import direct
 from sidecar.reload import Reloader
@@ -43,6 +44,7 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
     rt = proxy[RUNTIME]
     keepalive, header = settings.keepalive_timeout, settings.header_timeout
     proxy_runner = BoundedRunner(proxy, listener="proxy", direct=partial(direct, rt),
+                                 fast=FastHits(rt).answer,
                                  shutdown_timeout=settings.shutdown_timeout,
                                  keepalive_timeout=keepalive, header_timeout=header)
     admin_runner = BoundedRunner(admin, listener="admin", shutdown_timeout=ADMIN_DRAIN_S,
@@ -96,6 +98,8 @@ async def serve(settings: Settings, rules: RuleSet, rules_path: Path,
 def _log_startup(settings: Settings, rules: RuleSet, encrypted: bool, shared: bool) -> None:
     log.info("sidecar listening", extra={
         "settings": settings.describe(),
+        # the loop really running (SIDECAR_EVENT_LOOP may have fallen back): uvloop, asyncio
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "rules_file": rules.source, "rules_hash": rules.digest,
         "rules": [{"name": r.name, "path": r.path, "key": r.key, "ttl": r.ttl,
                    "ttl_env": r.ttl_env, "stale": [r.stale.while_revalidate,

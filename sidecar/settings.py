@@ -38,12 +38,13 @@ ENV_VARS = (
     "SIDECAR_ACCESS_LOG_SAMPLE", "SIDECAR_LOG_LEVEL", "SIDECAR_WARN_INTERVAL_S",
     "CACHE_NEAR_MAX_BYTES", "SIDECAR_WORKERS", "CACHE_AUDIT_LOG", "CACHE_AUDIT_REQUIRED",
     "CACHE_JWT_JWKS_URL", "CACHE_JWT_ISSUER", "CACHE_JWT_AUDIENCE", "CACHE_JWT_LEEWAY_S",
-    "CACHE_JWT_JWKS_REFRESH_S", "CACHE_JWT_JWKS_MAX_STALE_S",
+    "CACHE_JWT_JWKS_REFRESH_S", "CACHE_JWT_JWKS_MAX_STALE_S", "SIDECAR_EVENT_LOOP",
 )
 OTHER_ENV_VARS = ("SIDECAR_CONFIG", "CACHE_TTL_DEFAULT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class Settings:
     public_origin: tuple[str, str] | None = None
     workers: int = 1  # proxy processes sharing the port (SO_REUSEPORT); 1: no supervisor
     log_level: str = "INFO"
+    event_loop: str = "uvloop"  # see event_loop.py
     audit_log: str = "stdout"  # the audit sink of cached reads: "stdout" or a file path
     audit_required: bool = False  # a cached read whose audit line fails goes upstream
     # Token verification for `share:` rules (tokens.py, jwks.py); None: nobody is shared.
@@ -207,6 +209,11 @@ class Settings:
             problems.append(f"environment: SIDECAR_LOG_LEVEL={env['SIDECAR_LOG_LEVEL']!r} is "
                             f"not a log level (accepted: {', '.join(LOG_LEVELS)})")
             level = d.log_level
+        loop = text("SIDECAR_EVENT_LOOP", d.event_loop).lower()
+        if loop not in EVENT_LOOPS:
+            problems.append(f"environment: SIDECAR_EVENT_LOOP={env['SIDECAR_EVENT_LOOP']!r} "
+                            f"is not an event loop (accepted: {', '.join(EVENT_LOOPS)})")
+            loop = d.event_loop
         secret = env.get("CACHE_KEY_SECRET", "")
         credentials = tuple(
             h.strip() for h in env.get("CACHE_CREDENTIAL_HEADERS", "").split(",") if h.strip()
@@ -288,6 +295,7 @@ class Settings:
             public_origin=public_origin,
             workers=_count(env.get("SIDECAR_WORKERS", ""), "SIDECAR_WORKERS", d.workers, problems),
             log_level=level,
+            event_loop=loop,
             audit_log=_audit_target(text("CACHE_AUDIT_LOG", d.audit_log), problems),
             audit_required=flag("CACHE_AUDIT_REQUIRED", d.audit_required),
             jwt_leeway=number("CACHE_JWT_LEEWAY_S", d.jwt_leeway, minimum=-1e-9,

@@ -16,7 +16,7 @@ from typing import Any
 from multidict import CIMultiDictProxy
 
 from sidecar.rules import Rule, Share
-from sidecar.tokens import TokenVerifier
+from sidecar.tokens import TokenVerifier, Verified
 from sidecar.variants import CredentialHasher
 
 # RFC 8693 §4.2: `scope` (and Azure's `scp`) is one space-separated string.
@@ -46,6 +46,21 @@ class Callers:
             token = self._bearer(headers)
             if token is not None:
                 verified = await self.verifier.verify(token)
+        return self._caller(rule, headers, verified)
+
+    def known(self, rule: Rule, headers: CIMultiDictProxy[str]) -> Caller | None:
+        """`identify` without waiting: None when a token would have to be checked first."""
+        verified = None
+        if self.verifier is not None and (rule.share is not None or rule.audit):
+            token = self._bearer(headers)
+            if token is not None:
+                found, verified = self.verifier.known(token)
+                if not found:
+                    return None
+        return self._caller(rule, headers, verified)
+
+    def _caller(self, rule: Rule, headers: CIMultiDictProxy[str],
+                verified: Verified | None) -> Caller:
         if verified is not None and rule.share is not None and qualifies(
                 rule.share, verified.claims):
             return Caller(self._marker(rule.share.marker), verified.subject)

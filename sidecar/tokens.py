@@ -44,15 +44,23 @@ class TokenVerifier:
         # token -> (key-set generation, valid until, result); in memory only
         self._seen: OrderedDict[str, tuple[int, float, Verified | None]] = OrderedDict()
 
-    async def verify(self, token: str) -> Verified | None:
+    def known(self, token: str) -> tuple[bool, Verified | None]:
+        """(True, result) when the token's check is remembered and still holds; (False,
+        None) when `verify` would have to check it (the hit path then takes the slow way)."""
         self.jwks.tick()  # a removed key must stop verifying remembered tokens too
-        now = self._clock()
         known = self._seen.get(token)
         if known is not None:
             generation, until, result = known
-            if generation == self.jwks.generation and now < until:
+            if generation == self.jwks.generation and self._clock() < until:
                 self._seen.move_to_end(token)
-                return result
+                return True, result
+        return False, None
+
+    async def verify(self, token: str) -> Verified | None:
+        found, result = self.known(token)
+        if found:
+            return result
+        now = self._clock()
         try:
             result, until, definite = await self._check(token, now)
         except Exception:  # never a failed request: the caller is just not shared

@@ -105,10 +105,17 @@ class WireResponse(web.StreamResponse):
 
 def wire_replay(entry: Entry, block: bytes, age: int, x_cache: str, status: str,
                 request_id: str | None = None) -> WireResponse:
-    """`request_id` is of the safe alphabet (request_ids.SAFE_ID): no CR/LF can occur."""
+    return WireResponse(entry.status, wire_bytes(entry, block, age, x_cache, status,
+                                                 request_id))
+
+
+def wire_bytes(entry: Entry, block: bytes, age: int, x_cache: str, status: str,
+               request_id: str | None = None) -> bytes:
+    """The whole answer. `request_id` is of the safe alphabet (request_ids.SAFE_ID): no
+    CR/LF can occur."""
     body = entry.body
     head = (f"HTTP/1.1 {entry.status} {_REASONS.get(entry.status, '')}\r\n").encode()
     rid = f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id is not None else ""
     tail = (f"{AGE}: {age}\r\n{X_CACHE}: {x_cache}\r\n{CACHE_STATUS}: {status}\r\n{rid}"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
-    return WireResponse(entry.status, b"".join((head, block, tail, body)))
+    return b"".join((head, block, tail, body))

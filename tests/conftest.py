@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from yarl import URL
 
 from sidecar.app import build_apps
+from sidecar.fast_hit import FastHits
 from sidecar.listener import BoundedRunner
 from sidecar.proxy import direct
 from sidecar.rules import load_rules, parse_rules
@@ -129,6 +130,7 @@ class ProxyTestServer(TestServer):
     async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
         rt = self.app[RUNTIME]
         return BoundedRunner(self.app, listener="proxy", direct=lambda routed: direct(rt, routed),
+                             fast=FastHits(rt).answer,
                              keepalive_timeout=rt.settings.keepalive_timeout,
                              header_timeout=rt.settings.header_timeout,
                              shutdown_timeout=rt.settings.shutdown_timeout, **kwargs)

@@ -98,6 +98,7 @@ async def test_sigterm_drains_in_flight_requests(
     assert log.count("holds response bodies in clear text") == 1
     startup = json.loads(next(line for line in log.splitlines() if "sidecar listening" in line))
     assert startup["settings"]["key_secret"] == "set"
+    assert startup["event_loop"] == "uvloop"  # the default
     assert [(r["name"], r["ttl"]) for r in startup["rules"]] == [
         ("patient", 600), ("professional", 600), ("stats-dashboard", 300)]
     assert "s3cret-value-xyz" not in log
@@ -244,3 +245,17 @@ async def test_sighup_reopens_a_rotated_audit_file(
         assert len((tmp_path / "audit.log.1").read_text().splitlines()) == 1
     finally:
         sidecar.stop()
+
+
+async def test_the_standard_library_loop_is_one_setting_away(
+    stub_server: TestServer, session: aiohttp.ClientSession,
+) -> None:
+    sidecar = SidecarProcess({**_upstream(stub_server), "SIDECAR_EVENT_LOOP": "asyncio"})
+    sidecar.launch()
+    try:
+        await sidecar.ready()
+        assert await _ttl(session, sidecar, 7) > 0  # a miss, then a hit from the near tier
+    finally:
+        sidecar.stop()
+    startup = next(r for r in sidecar.log_lines() if r.get("msg") == "sidecar listening")
+    assert startup["event_loop"] == "asyncio"

@@ -57,6 +57,7 @@ BAD: dict[str, list[str]] = {
     "SIDECAR_RELOAD_INTERVAL_S": ["0"],
     "SIDECAR_ACCESS_LOG_SAMPLE": ["5", "-0.1", "half"],
     "SIDECAR_LOG_LEVEL": ["LOUD", "verbose"],
+    "SIDECAR_EVENT_LOOP": ["trio", "libuv"],
     "SIDECAR_WARN_INTERVAL_S": ["0"],
     "CACHE_NEAR_MAX_BYTES": ["1.5", "-1", "lots"],
     "SIDECAR_WORKERS": ["0", "2.5", "two"],
@@ -99,7 +100,8 @@ def test_a_bad_value_is_refused_with_the_accepted_form(name: str, value: str) ->
     ("CACHE_ENCRYPTION_KEY", "A" * 43 + "="),
     ("CACHE_ENCRYPTION_KEY_PREVIOUS", f"{'A' * 43}=,{'B' * 43}="),
     ("CACHE_CREDENTIAL_HEADERS", "Authorization,Cookie,X-Api-Key"),
-    ("CACHE_JWT_LEEWAY_S", "0"),
+    ("CACHE_JWT_LEEWAY_S", "0"), ("SIDECAR_EVENT_LOOP", "asyncio"),
+    ("SIDECAR_EVENT_LOOP", "UVLOOP"),
 ])
 def test_good_values_pass(name: str, value: str) -> None:
     Settings.from_env({name: value})
