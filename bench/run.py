@@ -202,6 +202,11 @@ def start(bench: Bench) -> dict[str, Server]:
     wait_ready(port, patient, proc, log)
     servers["hello"] = Server("hello", port, proc, log, [proc.pid])
     port = free_port()
+    proc, log = bench.spawn("hello-uvloop", SERVER_CPU,
+                            [py, "-m", "bench.hello", str(port), "uvloop"], clean_env())
+    wait_ready(port, patient, proc, log)
+    servers["hello-uvloop"] = Server("hello-uvloop", port, proc, log, [proc.pid])
+    port = free_port()
     conf = bench.tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=bench.tmp, port=port,
                                       upstream=servers["stub-fast"].port))
@@ -212,6 +217,8 @@ def start(bench: Bench) -> dict[str, Server]:
     redis_url = f"redis://127.0.0.1:{rport}/0"
     sidecars = {  # shipped defaults (access log on) except what each scenario is about
         "sidecar-memory": ("stub-fast", {"REDIS_URL": "memory://"}),
+        "sidecar-memory-asyncio": ("stub-fast", {"REDIS_URL": "memory://",
+                                                 "SIDECAR_EVENT_LOOP": "asyncio"}),
         "sidecar-near": ("stub-fast", {"REDIS_URL": redis_url}),
         "sidecar-redis": ("stub-fast", {"REDIS_URL": redis_url, "CACHE_NEAR_MAX_BYTES": "0"}),
         "sidecar-miss": ("stub-slow", {"REDIS_URL": redis_url}),
@@ -273,10 +280,13 @@ class Scenario:
 
 
 TWO_WORKERS = "sidecar Redis hit, near tier, SIDECAR_WORKERS=2 on both cores"
+ASYNCIO_HIT = "sidecar memory:// hit, SIDECAR_EVENT_LOOP=asyncio"
 SCENARIOS = [
     Scenario("bare aiohttp hello", "hello", 64, "cycle"),
+    Scenario("bare aiohttp hello on uvloop", "hello-uvloop", 64, "cycle"),
     Scenario("nginx proxy_cache hit", "nginx", 64, "cycle"),
     Scenario("sidecar memory:// hit", "sidecar-memory", 64, "cycle"),
+    Scenario(ASYNCIO_HIT, "sidecar-memory-asyncio", 64, "cycle"),
     Scenario("sidecar Redis hit, near tier", "sidecar-near", 64, "cycle"),
     Scenario("sidecar Redis hit, no near tier", "sidecar-redis", 64, "cycle"),
     Scenario(TWO_WORKERS, "sidecar-near-2w", 64, "cycle"),
@@ -370,6 +380,10 @@ def report(results: dict[tuple[str, int], Run], rounds: int, args: argparse.Name
         f"**{near64.p99 / near64.p50:.1f}**",
         f"- near-tier hits, 2 workers / 1 worker (c64 req/s): **"
         f"{get(TWO_WORKERS, 64).rps / near64.rps:.2f}** (wrk shares CPU 1 with the second)",
+        f"- memory hit against bare aiohttp on the same loop (uvloop, c64 req/s): **"
+        f"{get('sidecar memory:// hit', 64).rps / get('bare aiohttp hello on uvloop', 64).rps:.2f}"
+        f"**; uvloop / asyncio for the sidecar: **"
+        f"{get('sidecar memory:// hit', 64).rps / get(ASYNCIO_HIT, 64).rps:.2f}**",
         f"- memory hit p50 at c1 / bare aiohttp p50: **"
         f"{get('sidecar memory:// hit', 1).p50 / get('bare aiohttp hello', 1).p50:.2f}**",
         f"- RSS after the runs, {HOT_KEYS:,} hot keys: near tier on **"
