@@ -110,6 +110,10 @@ async def relay(
     length = up.headers.get("Content-Length")
     if length is not None and length.isdigit() and up.status not in (204, 304):
         out.content_length = int(length)
+    if "Upgrade" in request.headers:
+        # Never upgraded here, but aiohttp's parser may have stopped reading the connection
+        # as HTTP after it: a request pipelined behind would wait for the keep-alive timeout.
+        out.force_close()
     try:
         await out.prepare(request)
         if request.method == "HEAD":

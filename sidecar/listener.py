@@ -82,6 +82,10 @@ class HeaderDeadlineHandler(web.RequestHandler):
             if self._header_handle is not None:
                 self._header_handle.cancel()
                 self._header_handle = None
+            if self._idle() and not data.endswith(b"\r\n\r\n"):
+                # Answered here, and the read carried the start of the next request (a
+                # complete request without body ends with the blank line): its deadline.
+                self._arm_header_deadline()
         elif self._header_handle is None and data and self._idle():
             # The first bytes of the next request on a kept connection. (Bytes of a pipelined
             # request that arrive while one is handled: aiohttp's keep-alive timer, armed when

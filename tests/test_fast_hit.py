@@ -170,3 +170,36 @@ async def test_a_token_not_yet_verified_is_verified_by_the_ordinary_path(
     assert handled == [PATIENT]  # a new credential: checked (refused) there, a miss
     assert (await stack.proxy.get(PATIENT, token="Bearer not-a-jwt")).x_cache == "HIT"
     assert handled == [PATIENT]  # its check remembered: the fast path answers
+
+
+async def test_a_partial_request_read_with_an_answered_one_gets_the_header_deadline(
+    make_stack: StackFactory,
+) -> None:
+    # Keep-alive far beyond the test's bound: only the header deadline can close it soon.
+    stack = await make_stack({"REDIS_URL": "memory://", "SIDECAR_HEADER_TIMEOUT_S": "0.5",
+                              "SIDECAR_KEEPALIVE_TIMEOUT_S": "300"})
+    await _warm(stack)
+    port = int(stack.proxy.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_request(PATIENT, "whole") + b"GET /api/v1/patients/2 HTTP/1.1\r\nHost: s\r\n")
+        assert (await _response(reader))[1]["x-cache"] == "HIT"  # answered by the fast path
+        rest = await asyncio.wait_for(reader.read(), 10)  # the deadline closes it, silently
+    finally:
+        writer.close()
+    assert rest == b""
+
+
+async def test_a_request_behind_a_declined_upgrade_is_not_left_waiting(stack: Stack) -> None:
+    port = int(stack.proxy.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_request(PATIENT, "up", "Connection: upgrade", "Upgrade: h2c")
+                     + _request(PATIENT, "next"))
+        head, fields, _ = await _response(reader)
+        assert b" 200 " in head and fields["x-cache"] == "BYPASS"
+        assert fields["connection"] == "close"  # the next request is for a new connection
+        rest = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert rest == b""
