@@ -43,7 +43,7 @@ class AuditSink:
         self._fd: int | None = None
         self._second = -1
         self._stamp = ""
-        self._pending: list[bytes] = []
+        self._pending: list[str] = []
         self._scheduled = False
         self._quoted: dict[str, str] = {}
 
@@ -65,11 +65,10 @@ class AuditSink:
                 f'"logger":"{LOGGER}","msg":"cached read","rule":{quote(rule)},'
                 f'"key":"{key}","subject":{quote(subject)},'
                 f'"client":{"null" if client is None else quote(client)},'
-                f'"request_id":"{request_id}","outcome":"{outcome}","status":{status}}}\n'
-                ).encode()
+                f'"request_id":"{request_id}","outcome":"{outcome}","status":{status}}}\n')
         if self.required:
-            return self._emit(data)
-        self._pending.append(data)
+            return self._emit(data.encode())
+        self._pending.append(data)  # encoded with the batch
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -80,7 +79,7 @@ class AuditSink:
         self._scheduled = False
         if not self._pending:
             return
-        data, lost = b"".join(self._pending), len(self._pending)
+        data, lost = "".join(self._pending).encode(), len(self._pending)
         self._pending.clear()
         if not self._emit(data) and self._on_lost is not None:
             self._on_lost(lost)

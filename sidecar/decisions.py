@@ -74,8 +74,8 @@ def on_request(method: str, target: str, headers: Headers, *, has_body: bool,
     if has_undecodable_value(headers):  # a credential must never be altered on the way
         return Refuse(400, "bad_header_value", "Header values must be ASCII or UTF-8.",
                       "bad-header")
-    coding = headers.get("Transfer-Encoding", "chunked").replace(" ", "").lower()
-    if coding != "chunked":
+    coding = headers.get("Transfer-Encoding")
+    if coding is not None and coding.replace(" ", "").lower() != "chunked":
         # aiohttp removes only the chunked framing; forwarding the rest without its header
         # would hand the service a body in a coding it was not told about.
         return Refuse(501, "transfer_coding_not_supported",

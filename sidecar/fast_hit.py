@@ -36,6 +36,19 @@ from sidecar.wire import stored_block, wire_bytes
 log = logging.getLogger("sidecar.proxy")
 
 
+_HIT_STATUS: dict[int, str] = {}
+
+
+def _hit_status(ttl: int) -> str:
+    """The hit's Cache-Status (as the ordinary path words it), remembered per TTL left."""
+    status = _HIT_STATUS.get(ttl)
+    if status is None:
+        if len(_HIT_STATUS) >= 4096:
+            _HIT_STATUS.clear()
+        status = _HIT_STATUS[ttl] = cache_status("hit", f"ttl={ttl}")
+    return status
+
+
 class FastHits:
     """Answers plain hits for one runtime's connections (`HeaderDeadlineHandler.fast`)."""
 
@@ -105,8 +118,8 @@ class FastHits:
                 request_id=request_id, outcome=HIT, status=entry.status):
             metrics.audit_failures.inc()  # not required (above): counted, and answered
         metrics.hit(prefix)
-        wire = wire_bytes(entry, block, entry.age(now), HIT,
-                          cache_status("hit", f"ttl={int(looked.remaining)}"), request_id)
+        wire = wire_bytes(entry, block, entry.age(now), HIT, _hit_status(int(looked.remaining)),
+                          request_id)
         elapsed = time.perf_counter() - start
         metrics.request_time(rule.name, HIT, entry.status, elapsed)
         rt.access_log.record("GET", rule.name, HIT, entry.status, elapsed, request_id)

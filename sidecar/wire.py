@@ -35,6 +35,7 @@ from sidecar.request_ids import REQUEST_ID_HEADER
 # aiohttp's StreamWriter drains above this many buffered bytes; so does a wire answer.
 _DRAIN_ABOVE = 2**16
 _REASONS = {int(s): s.phrase for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {}  # status -> its line, for the statuses entries hold
 # Names the answer computes, or that change framing: an entry holding one (none written
 # today does) takes the ordinary path rather than send two of them.
 _NOT_REPLAYED = COMPUTED_PER_ANSWER | HOP_BY_HOP
@@ -114,7 +115,10 @@ def wire_bytes(entry: Entry, block: bytes, age: int, x_cache: str, status: str,
     """The whole answer. `request_id` is of the safe alphabet (request_ids.SAFE_ID): no
     CR/LF can occur."""
     body = entry.body
-    head = (f"HTTP/1.1 {entry.status} {_REASONS.get(entry.status, '')}\r\n").encode()
+    head = _STATUS_LINES.get(entry.status)
+    if head is None:
+        head = _STATUS_LINES[entry.status] = (
+            f"HTTP/1.1 {entry.status} {_REASONS.get(entry.status, '')}\r\n").encode()
     rid = f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id is not None else ""
     tail = (f"{AGE}: {age}\r\n{X_CACHE}: {x_cache}\r\n{CACHE_STATUS}: {status}\r\n{rid}"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
