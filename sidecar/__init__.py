@@ -2,9 +2,12 @@
 
 Data flow, one module per step::
 
-    cli -> settings, rules (config) -> server (listeners, signals, reload) -> app (factory)
+    cli -> settings, rules (config) -> event_loop (uvloop unless SIDECAR_EVENT_LOOP=asyncio)
+        -> server (listeners, signals, reload) -> app (factory)
     rules -> yaml_marks (YAML with line:column for every key, repeated keys refused)
     server -> listener (client keep-alive and header deadlines, drain within its budget)
+              -> fast_hit (a plain GET fresh in the near tier, answered as it is parsed,
+                 with the same decisions; anything else goes on to proxy, in order)
            -> startup_check (one line: did Redis and the upstream answer?)
            -> gc_tuning (startup frozen, a larger first generation: short collector pauses)
     SIDECAR_WORKERS > 1: cli -> supervisor (metrics dir, process_metrics) -> pool
