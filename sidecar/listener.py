@@ -8,6 +8,10 @@
   start or from the first byte of the next request on a keep-alive connection. One timer
   handle per connection (`loop.call_at`); a request whose headers come in one read (the
   usual case on a kept connection) arms none.
+- **The fast path** (`fast`, see fast_hit.py): while the connection is idle, requests parsed
+  from a read are offered to it in order before aiohttp's loop is woken; each it answers is
+  written at once (the keep-alive timer restarts as after any response), and the first it
+  declines, with everything behind it, goes to aiohttp's handler as usual.
 - **Bounded drain**: `RequestHandler.shutdown(timeout)` waits the timeout, then only fails the
   request's body and waits it again before cancelling, so one request that outlives the budget
   held SIGTERM for twice the budget. Here requests in flight get the budget once; those still
