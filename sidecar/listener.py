@@ -46,7 +46,8 @@ ADMIN_DRAIN_S = 1.0
 class HeaderDeadlineHandler(web.RequestHandler):
     """aiohttp's connection protocol plus a deadline for each request's headers."""
 
-    __slots__ = ("_client", "_fast", "_header_handle", "_header_timeout")
+    __slots__ = ("_client", "_fast", "_fast_answered", "_header_handle", "_header_timeout",
+                 "_ordinary_done", "_ordinary_kept")
 
     def __init__(self, manager: web.Server, *, header_timeout: float,
                  fast: FastAnswer | None = None, **kwargs: Any) -> None:
@@ -55,6 +56,11 @@ class HeaderDeadlineHandler(web.RequestHandler):
         self._header_handle: asyncio.TimerHandle | None = None
         self._fast = fast  # never raises (see fast_hit.py)
         self._client: str | None = None
+        # Requests answered here, and by aiohttp's handler (its last one kept alive?): when
+        # every request aiohttp was given is done, its loop only has to come back round.
+        self._fast_answered = 0
+        self._ordinary_done = 0
+        self._ordinary_kept = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -66,8 +72,8 @@ class HeaderDeadlineHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         parsed = self._request_count
         waiter = self._waiter
-        if (self._fast is not None and waiter is not None and not waiter.done()
-                and not self._messages and not self._buffer_paused):
+        if self._fast is not None and not self._messages and not self._buffer_paused and (
+                (waiter is not None and not waiter.done()) or self._between()):
             # Idle: what arrives may be answered here, before aiohttp's loop is woken.
             self._waiter = None
             try:
@@ -77,7 +83,9 @@ class HeaderDeadlineHandler(web.RequestHandler):
             if self._messages:
                 self._answer_fast()
                 if self._messages:
-                    waiter.set_result(None)  # the rest, in order, is aiohttp's
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)  # the rest, in order, is aiohttp's
+                    # (between requests, aiohttp's loop finds them when it comes round)
                 elif self._buffer_paused:  # the queue filled: aiohttp's loop would resume
                     self._resume_reading_if_drained()  # (it parses what is held back)
         else:
@@ -102,6 +110,24 @@ class HeaderDeadlineHandler(web.RequestHandler):
             self._header_handle = None
         super().connection_lost(exc)
 
+    def _between(self) -> bool:
+        """aiohttp's loop has answered every request it was given, the last one kept alive,
+        and has yet to come round to wait for the next (its task resumes an iteration
+        later): nothing of it can be written after what is answered here now."""
+        return (self._waiter is None and not self._request_in_progress and self._ordinary_kept
+                and not self._close and not self._force_close
+                and self._request_count - self._fast_answered == self._ordinary_done)
+
+    async def _handle_request(self, request: web.BaseRequest, start_time: float | None,
+                              request_handler: Handler) -> tuple[web.StreamResponse, bool]:
+        self._ordinary_kept = False
+        try:
+            resp, reset = await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._ordinary_done += 1
+        self._ordinary_kept = not reset and bool(resp.keep_alive)
+        return resp, reset
+
     def _answer_fast(self) -> None:
         """Answer the queued requests `fast` takes, in order, until one it does not."""
         fast, transport, messages = self._fast, self.transport, self._messages
@@ -116,6 +142,7 @@ class HeaderDeadlineHandler(web.RequestHandler):
             if wire is None:
                 return
             messages.popleft()
+            self._fast_answered += 1
             self._parser.message_consumed()
             assert self._manager is not None
             self._manager.requests_count += 1
