@@ -72,8 +72,10 @@ class FastHits:
         start = time.perf_counter()
         rt = self._rt
         tiers = rt.tiers
+        if tiers is None or tiers.near is None or not tiers.near.enabled:
+            return None  # nothing it could answer from: no cost on a Redis-only hit
         headers = message.headers
-        if (tiers is None or rt.draining or rt.telemetry.enabled or message.method != "GET"
+        if (rt.draining or rt.telemetry.enabled or message.method != "GET"
                 or message.version != HttpVersion11 or message.should_close
                 or message.upgrade or "Range" in headers or "Expect" in headers
                 or "If-None-Match" in headers or "If-Modified-Since" in headers):
