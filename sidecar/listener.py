@@ -46,8 +46,8 @@ ADMIN_DRAIN_S = 1.0
 class HeaderDeadlineHandler(web.RequestHandler):
     """aiohttp's connection protocol plus a deadline for each request's headers."""
 
-    __slots__ = ("_client", "_fast", "_fast_answered", "_header_handle", "_header_timeout",
-                 "_ordinary_done", "_ordinary_kept")
+    __slots__ = ("_client", "_end", "_fast", "_fast_answered", "_header_handle",
+                 "_header_timeout", "_ordinary_done", "_ordinary_kept")
 
     def __init__(self, manager: web.Server, *, header_timeout: float,
                  fast: FastAnswer | None = None, **kwargs: Any) -> None:
@@ -56,6 +56,7 @@ class HeaderDeadlineHandler(web.RequestHandler):
         self._header_handle: asyncio.TimerHandle | None = None
         self._fast = fast  # never raises (see fast_hit.py)
         self._client: str | None = None
+        self._end = b""  # the last 4 bytes received, across reads
         # Requests answered here, and by aiohttp's handler (its last one kept alive?): when
         # every request aiohttp was given is done, its loop only has to come back round.
         self._fast_answered = 0
@@ -72,6 +73,7 @@ class HeaderDeadlineHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         parsed = self._request_count
         waiter = self._waiter
+        end = self._end = data[-4:] if len(data) >= 4 else (self._end + data)[-4:]
         if self._fast is not None and not self._messages and not self._buffer_paused and (
                 (waiter is not None and not waiter.done()) or self._between()):
             # Idle: what arrives may be answered here, before aiohttp's loop is woken.
@@ -94,7 +96,8 @@ class HeaderDeadlineHandler(web.RequestHandler):
             if self._header_handle is not None:
                 self._header_handle.cancel()
                 self._header_handle = None
-            if self._idle() and not data.endswith(b"\r\n\r\n"):
+            if (not self._messages and (self._idle() or self._between())
+                    and end != b"\r\n\r\n"):
                 # Answered here, and the read carried the start of the next request (a
                 # complete request without body ends with the blank line): its deadline.
                 self._arm_header_deadline()
