@@ -28,25 +28,12 @@ from sidecar.freshness import PLAIN, asked
 from sidecar.logs import RateLimitedWarning
 from sidecar.lookup import ready
 from sidecar.policy import coding_acceptable, wants_refresh
-from sidecar.responses import HIT, cache_status
+from sidecar.responses import HIT, hit_status
 from sidecar.runtime import Runtime
 from sidecar.variants import accepted_codings, variant_field, varied_values
 from sidecar.wire import stored_block, wire_bytes
 
 log = logging.getLogger("sidecar.proxy")
-
-
-_HIT_STATUS: dict[int, str] = {}
-
-
-def _hit_status(ttl: int) -> str:
-    """The hit's Cache-Status (as the ordinary path words it), remembered per TTL left."""
-    status = _HIT_STATUS.get(ttl)
-    if status is None:
-        if len(_HIT_STATUS) >= 4096:
-            _HIT_STATUS.clear()
-        status = _HIT_STATUS[ttl] = cache_status("hit", f"ttl={ttl}")
-    return status
 
 
 class FastHits:
@@ -120,7 +107,7 @@ class FastHits:
                 request_id=request_id, outcome=HIT, status=entry.status):
             metrics.audit_failures.inc()  # not required (above): counted, and answered
         metrics.hit(prefix)
-        wire = wire_bytes(entry, block, entry.age(now), HIT, _hit_status(int(looked.remaining)),
+        wire = wire_bytes(entry, block, entry.age(now), HIT, hit_status(int(looked.remaining)),
                           request_id)
         elapsed = time.perf_counter() - start
         metrics.request_time(rule.name, HIT, entry.status, elapsed)

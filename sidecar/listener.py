@@ -28,6 +28,8 @@ from typing import Any
 from aiohttp import http_parser, web
 from aiohttp.streams import EMPTY_PAYLOAD
 
+from sidecar.wire import DRAIN_ABOVE
+
 log = logging.getLogger("sidecar")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # A parsed request without body, and its client's address -> the whole answer, or None
@@ -35,8 +37,6 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 FastAnswer = Callable[[http_parser.RawRequestMessage, str | None], bytes | None]
 # The parser's message class (aiohttp's C parser has its own), and the pure-Python one.
 _REQUESTS: tuple[type, ...] = (http_parser.RawRequestMessage, http_parser.RawRequestMessagePy)
-# aiohttp's StreamWriter drains above this many buffered bytes: past it, its path answers.
-_DRAIN_ABOVE = 2**16
 CANCEL_GRACE_S = 0.5
 # The admin port drains after the proxy port (its probes answer 503 meanwhile): scrapes,
 # probes and purges are short, so its own budget is this, then CANCEL_GRACE_S.
@@ -139,7 +139,7 @@ class HeaderDeadlineHandler(web.RequestHandler):
             message, payload = messages[0]
             if (payload is not EMPTY_PAYLOAD or type(message) not in _REQUESTS
                     or transport is None or transport.is_closing()
-                    or transport.get_write_buffer_size() > _DRAIN_ABOVE):
+                    or transport.get_write_buffer_size() > DRAIN_ABOVE):  # aiohttp drains
                 return
             wire = fast(message, self._client)  # type: ignore[arg-type]  # one of _REQUESTS
             if wire is None:

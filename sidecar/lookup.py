@@ -63,8 +63,8 @@ class Tiers:
 
 
 def ready(tiers: Tiers, match: Match, field: str) -> Entry | None:
-    """The near tier's copy, when `lookup` would return it: in sync, Redis's breaker
-    closed, nothing pending for the key. None: `lookup` decides. Counts nothing."""
+    """The near tier's copy, when it may be served: in sync, Redis's breaker closed,
+    nothing pending for the key. None: the store decides (`lookup`). Counts nothing."""
     near = tiers.near
     if near is None or tiers.invalidator.pending(match.key) or not tiers.cache.breaker.closed:
         return None
@@ -78,15 +78,13 @@ async def lookup(tiers: Tiers, match: Match, field: str) -> Entry | None:
     near = tiers.near
     epoch = 0
     if near is not None:
-        if not tiers.cache.breaker.closed:
+        if not tiers.cache.breaker.closed and len(near):
             # Redis is failing: invalidations may not be getting through. Start afresh.
-            if len(near):
-                near.flush()
-        else:
-            entry = near.get(match.key, field, tiers.clock())
-            if entry is not None:
-                tiers.metrics.near_hit(match.rule.key_prefix)
-                return entry
+            near.flush()
+        entry = ready(tiers, match, field)
+        if entry is not None:
+            tiers.metrics.near_hit(match.rule.key_prefix)
+            return entry
         epoch = near.epoch
     entry = await _from_store(tiers, match, field)
     if entry is not None and tiers.invalidator.erased_since(match.key, entry.stored_at):

@@ -53,6 +53,7 @@ from sidecar.responses import (
     STALE,
     cache_status,
     error,
+    hit_status,
     label,
     replay,
     replay_range,
@@ -182,7 +183,7 @@ async def _cached(
         rt.metrics.hit(prefix)
         outcome.cache = HIT
         return replay(entry, now=now, head=head, x_cache=HIT,
-                      status=cache_status("hit", f"ttl={int(looked.remaining)}"),
+                      status=hit_status(int(looked.remaining)),
                       not_modified=unchanged, plain=eligible(request),
                       request_id=request[REQUEST_ID])
     if isinstance(looked, ServeStale):
@@ -211,7 +212,7 @@ async def _range(request: web.Request, rt: Runtime, match: Match, subject: str, 
     rt.metrics.hit(match.rule.key_prefix)
     outcome.cache = HIT
     return replay_range(entry, span, now=rt.clock(), x_cache=HIT,
-                        status=cache_status("hit", f"ttl={int(looked.remaining)}"))
+                        status=hit_status(int(looked.remaining)))
 
 
 async def _range_passes(request: web.Request, rt: Runtime, rule: str) -> web.StreamResponse:

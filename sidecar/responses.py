@@ -16,6 +16,7 @@ from sidecar.headers import AGE, CACHE_NAME, CACHE_STATUS, X_CACHE
 from sidecar.wire import WireResponse, stored_block, wire_replay
 
 HIT, MISS, BYPASS, STALE = "HIT", "MISS", "BYPASS", "STALE"
+_HIT_STATUS: dict[int, str] = {}
 # RFC 9110 §15.4.5: a 304 carries the headers a 200 would have for these; and the stored
 # Date (RFC 9111 §4: a stored response keeps its Date), not aiohttp's "now", which made
 # the 304 of a hit differ from the hit itself whenever a second went by.
@@ -25,6 +26,16 @@ _304_HEADERS = frozenset({"cache-control", "content-location", "etag", "expires"
 
 def cache_status(*params: str) -> str:
     return "; ".join((CACHE_NAME, *[p for p in params if p]))
+
+
+def hit_status(ttl: int) -> str:
+    """A fresh hit's Cache-Status (`ttl` seconds left), remembered per value."""
+    status = _HIT_STATUS.get(ttl)
+    if status is None:
+        if len(_HIT_STATUS) >= 4096:
+            _HIT_STATUS.clear()
+        status = _HIT_STATUS[ttl] = cache_status("hit", f"ttl={ttl}")
+    return status
 
 
 def label(headers: CIMultiDict[str], x_cache: str, status: str) -> None:

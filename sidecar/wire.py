@@ -33,7 +33,7 @@ from sidecar.headers import (
 from sidecar.request_ids import REQUEST_ID_HEADER
 
 # aiohttp's StreamWriter drains above this many buffered bytes; so does a wire answer.
-_DRAIN_ABOVE = 2**16
+DRAIN_ABOVE = 2**16
 _REASONS = {int(s): s.phrase for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}  # status -> its line, for the statuses entries hold
 # Names the answer computes, or that change framing: an entry holding one (none written
@@ -97,7 +97,7 @@ class WireResponse(web.StreamResponse):
         self._keep_alive = True
         self._eof_sent = True
         transport.write(self._wire)
-        if transport.get_write_buffer_size() > _DRAIN_ABOVE:
+        if transport.get_write_buffer_size() > DRAIN_ABOVE:
             await request._payload_writer.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:

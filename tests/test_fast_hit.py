@@ -40,6 +40,12 @@ async def _response(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str]
     return head, fields, body
 
 
+async def _open(stack: Stack) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the stack's proxy port."""
+    port = int(stack.proxy.base.rsplit(":", 1)[1])
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
 @pytest.fixture
 def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths aiohttp's handler (the ordinary path) was given."""
@@ -85,8 +91,7 @@ async def test_the_fast_answer_is_the_ordinary_answer_byte_for_byte(
     moment = time.time()
     stack.rt.set_clock(lambda: moment)  # one Age for both answers
     await _warm(stack)
-    port = int(stack.proxy.base.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await _open(stack)
     try:
         handled.clear()
         writer.write(_request(PATIENT, "same-id"))
@@ -108,8 +113,7 @@ async def test_pipelined_requests_are_answered_in_order_whichever_path_each_take
 ) -> None:
     stack = await make_stack({"REDIS_URL": "memory://"})
     await _warm(stack)
-    port = int(stack.proxy.base.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await _open(stack)
     try:
         handled.clear()
         # hit, miss (upstream), hit, HEAD (ordinary), hit: one write
@@ -179,8 +183,7 @@ async def test_a_partial_request_read_with_an_answered_one_gets_the_header_deadl
     stack = await make_stack({"REDIS_URL": "memory://", "SIDECAR_HEADER_TIMEOUT_S": "0.5",
                               "SIDECAR_KEEPALIVE_TIMEOUT_S": "300"})
     await _warm(stack)
-    port = int(stack.proxy.base.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await _open(stack)
     try:
         writer.write(_request(PATIENT, "whole") + b"GET /api/v1/patients/2 HTTP/1.1\r\nHost: s\r\n")
         assert (await _response(reader))[1]["x-cache"] == "HIT"  # answered by the fast path
@@ -191,8 +194,7 @@ async def test_a_partial_request_read_with_an_answered_one_gets_the_header_deadl
 
 
 async def test_a_request_behind_a_declined_upgrade_is_not_left_waiting(stack: Stack) -> None:
-    port = int(stack.proxy.base.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await _open(stack)
     try:
         writer.write(_request(PATIENT, "up", "Connection: upgrade", "Upgrade: h2c")
                      + _request(PATIENT, "next"))

@@ -4,29 +4,13 @@ deadline around it: requests delivered in that gap on purpose, over real sockets
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from sidecar import listener, proxy
-from sidecar.runtime import Runtime
+from sidecar import listener
 from tests.conftest import StackFactory
-from tests.test_fast_hit import OTHER, PATIENT, _request, _response, _warm
-
-
-@pytest.fixture
-def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    ordinary: Callable[[web.Request, Runtime], Awaitable[web.StreamResponse]] = proxy.serve
-
-    async def counting(request: web.Request, rt: Runtime) -> web.StreamResponse:
-        seen.append(f"{request.method} {request.raw_path} {request.headers.get('X-Request-ID')}")
-        return await ordinary(request, rt)
-
-    monkeypatch.setattr(proxy, "serve", counting)
-    return seen
+from tests.test_fast_hit import OTHER, PATIENT, _open, _request, _response, _warm
 
 
 class Gap:
@@ -59,18 +43,12 @@ def gap(monkeypatch: pytest.MonkeyPatch) -> Gap:
     return Gap(monkeypatch)
 
 
-async def _open(stack: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    port = int(stack.proxy.base.rsplit(":", 1)[1])
-    return await asyncio.open_connection("127.0.0.1", port)
-
-
-async def test_gap_mixed_pipeline_in_order(make_stack: StackFactory, handled: list[str],
+async def test_gap_mixed_pipeline_in_order(make_stack: StackFactory,
                                            gap: Gap) -> None:
     stack = await make_stack({"REDIS_URL": "memory://"})
     await _warm(stack)
     reader, writer = await _open(stack)
     try:
-        handled.clear()
         gap.pending = b"".join((
             _request(PATIENT, "g1"),
             _request(PATIENT, "g2").replace(b"GET", b"HEAD", 1),  # ordinary
@@ -94,7 +72,7 @@ async def test_gap_mixed_pipeline_in_order(make_stack: StackFactory, handled: li
 
 
 async def test_gap_after_connection_close_writes_nothing(
-        make_stack: StackFactory, handled: list[str], gap: Gap) -> None:
+        make_stack: StackFactory, gap: Gap) -> None:
     stack = await make_stack({"REDIS_URL": "memory://"})
     await _warm(stack)
     reader, writer = await _open(stack)
@@ -142,7 +120,7 @@ async def test_gap_many_pipelined_hits_queue_pause(make_stack: StackFactory, gap
     assert ids == ["r0", *(f"p{i}" for i in range(n)), "after"]
 
 
-async def test_gap_post_with_body_then_hit(make_stack: StackFactory, handled: list[str],
+async def test_gap_post_with_body_then_hit(make_stack: StackFactory,
                                            gap: Gap) -> None:
     stack = await make_stack({"REDIS_URL": "memory://"})
     await _warm(stack)
@@ -173,12 +151,11 @@ def _refused_post(length: int, rid: str = "refused", *extra: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def test_lingering_then_fast_hit(make_stack: StackFactory, handled: list[str]) -> None:
+async def test_lingering_then_fast_hit(make_stack: StackFactory) -> None:
     stack = await make_stack({"REDIS_URL": "memory://"})
     await _warm(stack)
     reader, writer = await _open(stack)
     try:
-        handled.clear()
         writer.write(_refused_post(5))
         head, fields, _ = await asyncio.wait_for(_response(reader), 5)
         assert b" 400 " in head and fields.get("connection") != "close"
@@ -193,13 +170,12 @@ async def test_lingering_then_fast_hit(make_stack: StackFactory, handled: list[s
 
 
 async def test_lingering_big_body_then_fast_hit(make_stack: StackFactory,
-                                                handled: list[str]) -> None:
+                                                ) -> None:
     stack = await make_stack({"REDIS_URL": "memory://"})
     await _warm(stack)
     reader, writer = await _open(stack)
     size = 3 * 2**20
     try:
-        handled.clear()
         writer.write(_refused_post(size))
         head, _, _ = await asyncio.wait_for(_response(reader), 5)
         assert b" 400 " in head
