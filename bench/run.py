@@ -173,22 +173,31 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], log: Path) -
     sys.exit(f"not ready after 30 s:\n{log.read_text()[-3000:]}")
 
 
-def start(bench: Bench) -> dict[str, Server]:
-    py = sys.executable
-    servers: dict[str, Server] = {}
-    rport = free_port()
-    redis, rlog = bench.spawn("redis", SERVER_CPU, [
-        "redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+def start_redis(bench: Bench, name: str) -> tuple[int, subprocess.Popen[bytes], Path]:
+    port = free_port()
+    proc, log = bench.spawn(name, SERVER_CPU, [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
         "--appendonly", "no"], clean_env())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", rport), timeout=1) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     break
         except OSError:
             time.sleep(0.05)
+    return port, proc, log
+
+
+def start(bench: Bench) -> dict[str, Server]:
+    py = sys.executable
+    servers: dict[str, Server] = {}
+    rport, redis, rlog = start_redis(bench, "redis")
+    # The miss row's own Redis: every sidecar on a Redis hears its lease and fill messages,
+    # and five idle ones woken on CPU 0 by each store delayed the miss under test (replicas
+    # run on other nodes in a deployment).
+    mport, mredis, mlog = start_redis(bench, "redis-miss")
     patient = "/api/v1/patients/1"
     for name, delay in (("stub-fast", "0"), ("stub-slow", "10")):
         port = free_port()
@@ -221,7 +230,7 @@ def start(bench: Bench) -> dict[str, Server]:
                                                  "SIDECAR_EVENT_LOOP": "asyncio"}),
         "sidecar-near": ("stub-fast", {"REDIS_URL": redis_url}),
         "sidecar-redis": ("stub-fast", {"REDIS_URL": redis_url, "CACHE_NEAR_MAX_BYTES": "0"}),
-        "sidecar-miss": ("stub-slow", {"REDIS_URL": redis_url}),
+        "sidecar-miss": ("stub-slow", {"REDIS_URL": f"redis://127.0.0.1:{mport}/0"}),
         "sidecar-off": ("stub-slow", {"REDIS_URL": redis_url, "CACHE_ENABLED": "false"}),
         "sidecar-near-2w": ("stub-fast", {"REDIS_URL": redis_url, "SIDECAR_WORKERS": "2"}),
     }
@@ -236,6 +245,7 @@ def start(bench: Bench) -> dict[str, Server]:
         wait_ready(port, patient, proc, log)
         servers[name] = Server(name, port, proc, log, [proc.pid])
     servers["redis"] = Server("redis", rport, redis, rlog, [redis.pid])
+    servers["redis-miss"] = Server("redis-miss", mport, mredis, mlog, [mredis.pid])
     # nginx: the worker does the work; the master only supervises.
     master = servers["nginx"].proc.pid
     kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
